@@ -222,34 +222,53 @@ class ContaminationConfig:
 
 @dataclass
 class FinetuneConfig:
-    # Paper recipe (README table of the original repository), 13B values.
-    learning_rate: float = 4e-4
+    """Step 03. Defaults are the paper's recipe (README table of the original repository, 13B column) and, where
+    the code did something else than the table says, what ``finetune.py`` really did (see each key)."""
+
+    learning_rate: float = 4e-4  # 13B; 3e-4 for 70B
     global_batch_size: int = 16
+    # Examples per forward in the original (1). With packing: a forward holds at most micro_batch_size x cutoff_len
+    # tokens of whole examples, the same token ceiling as the original's padded micro-batch.
     micro_batch_size: int = 1
     num_epochs: float = 1.0
     max_steps: Optional[int] = None
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 100
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # HF TrainingArguments default, which the original did not change
     cutoff_len: int = 4096
     train_on_inputs: bool = False
-    # README says add_eos_token False, but the original tokenized every full prompt with EOS appended.
+    # The README says add_eos_token False, but finetune.py tokenized every full prompt with its inner default
+    # add_eos_token=True, so EOS was appended to every training sequence (the flag only changed how the masked
+    # prompt length was computed, to the same length). True reproduces what was trained.
     add_eos_token: bool = True
     group_by_length: bool = False
-    prompt_template: str = "alpaca"
+    prompt_template: Literal["alpaca"] = "alpaca"
+    # "example": each example's mean token loss, averaged over the global batch (HF Trainer 4.31 with micro-batch
+    # 1, what the original optimised); "token": mean over all target tokens of the global batch (HF Trainer >= 4.46).
+    loss_weighting: Literal["example", "token"] = "example"
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     # fp32 / bf16 / fp16 base; "int8" is what the original finetune.py ran (LLM.int8 + fp16); "nf4" is QLoRA.
-    precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "bf16"
+    # Without CUDA, 16-bit dtypes run as fp32 (recorded in train_args.json).
+    precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "int8"
     bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     bnb_4bit_double_quant: bool = True
+    # The original's prepare_model_for_int8_training turned gradient checkpointing on by default.
+    gradient_checkpointing: bool = True
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # Padding-free packing of whole examples into one row per forward, attention kept within each example through
+    # position-id resets. False: the original's padded micro-batches (right padding to a multiple of 8).
     packing: bool = True
     save_steps: int = 1000
+    save_total_limit: int = 2
     resume: bool = True
     world_size: int = 1
-    max_train_rows: Optional[int] = None
+    # An accelerate config file for world_size > 1 (FSDP / DeepSpeed ZeRO-3 for 13B / 70B, see
+    # configs/accelerate/README.md); null: plain DDP (configs/accelerate/ddp.yaml).
+    accelerate_config: Optional[str] = None
 
     def validate(self, v: "_Validator") -> None:
         v.require(self.learning_rate > 0, "learning_rate", "a positive number")
@@ -259,15 +278,20 @@ class FinetuneConfig:
         v.require(self.max_steps is None or self.max_steps > 0, "max_steps", "a positive integer or null")
         v.require(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer")
         v.require(self.weight_decay >= 0, "weight_decay", "a non-negative number")
+        v.require(self.max_grad_norm > 0, "max_grad_norm", "a positive number")
         v.require(self.cutoff_len > 0, "cutoff_len", "a positive integer")
         v.require(self.lora_r > 0, "lora_r", "a positive integer")
         v.require(self.lora_alpha > 0, "lora_alpha", "a positive integer")
         v.require(0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)")
         v.require(len(self.lora_target_modules) > 0, "lora_target_modules", "at least one module name")
         v.require(self.save_steps > 0, "save_steps", "a positive integer")
+        v.require(self.save_total_limit > 0, "save_total_limit", "a positive integer")
         v.require(self.world_size > 0, "world_size", "a positive integer")
         v.require(self.global_batch_size % (self.micro_batch_size * self.world_size) == 0, "global_batch_size",
-                  f"a multiple of micro_batch_size x world_size = {self.micro_batch_size * self.world_size}")
+                  f"a multiple of micro_batch_size x world_size = {self.micro_batch_size} x {self.world_size}, "
+                  f"got {self.global_batch_size}")
+        if self.accelerate_config is not None:
+            v.existing_file(self.accelerate_config, "accelerate_config")
 
 
 @dataclass

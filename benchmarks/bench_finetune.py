@@ -1,0 +1,252 @@
+"""Step 03 benchmark: fine-tuning throughput of our loop against the original ``finetune.py`` approach, one run.
+
+Baseline (alpaca-lora style, as the original): HF ``Trainer`` with micro-batch 1 and gradient accumulation, each
+micro-batch padded by ``DataCollatorForSeq2Seq(pad_to_multiple_of=8)``, ``adamw_torch``, the labels of the original
+tokenization (prompt masked, EOS appended). Ours: ``platypus_nb.finetune.train_lora`` with padding-free packing
+(examples concatenated into one row per forward, attention kept within each example by position-id resets) and the
+LM head run only on positions that have a label; and ours without packing (micro-batch 1, padded), to show how much
+each of the two changes contributes.
+
+Same model (SmolLM2-135M, fp32 by default, LoRA r=16 on the MLP, loaded by the same code), same rows (real MATH problems and solutions) in the same
+order per step, same hyperparameters, same loss (``loss_weighting: token``, the mean over a global batch's target
+tokens, which is what HF Trainer >= 4.46 optimises), no warm-up (so that every step after the first has updated the
+adapter and the loss comparison means something). Every variant runs ``--steps`` optimizer steps from the same
+initialisation, ``--rounds`` times, interleaved (baseline, ours, ours-unpacked, baseline, ...) so that a change in
+the machine's load hits every variant alike; the first step of each block is a warm-up and is not timed.
+
+MFU: model FLOPs (``platypus_nb.finetune.model.training_flops_per_token``: forward + input-gradient backward of
+the frozen base, full backward of LoRA, attention, the LM head on target tokens; padding is not counted) per second,
+divided by the peak matmul rate in the compute dtype measured on this machine in the same run (best of square
+GEMMs). On a GPU, ``--precision bf16`` and ``--precision nf4`` give the same table for a bf16 and a 4-bit base.
+
+Run: ``.venv/bin/python benchmarks/bench_finetune.py`` (about 25 minutes on 2 cores shared with other work). Writes
+``benchmarks/results/finetune.json`` and prints the markdown table of ``benchmarks/README.md``'s fine-tuning section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from platypus_nb.assets import DEFAULT_BASE_MODEL, data_file, load_tokenizer, resolve_model
+from platypus_nb.config import FinetuneConfig
+from platypus_nb.finetune import train_lora
+from platypus_nb.finetune.data import IGNORE_INDEX, count_steps, plan_steps, tokenize_rows
+from platypus_nb.finetune.model import (lm_head_flops_per_target, load_lora_model, resolve_precision,
+                                        training_flops_per_token)
+from platypus_nb.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "finetune.json"
+SEED = 42
+
+
+def bench_rows(n: int) -> list[dict]:
+    """Real MATH test problems with worked solutions, as step 01 formats them (Alpaca rows without input)."""
+    with gzip.open(data_file("math_test.jsonl.gz"), "rt") as f:
+        problems = [json.loads(line) for _, line in zip(range(n), f)]
+    return [{"instruction": p["problem"], "input": "", "output": p["solution"]} for p in problems]
+
+
+def matmul_peak_flops(dtype: torch.dtype, repeats: int = 5) -> float:
+    """The best GEMM rate this process reaches in the training's compute dtype (CPU: same threads as training)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = (4096, 8192) if device == "cuda" else (1024, 1536, 2048)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def run_ours(rows: list[dict], cfg: FinetuneConfig, model: str, steps: int, work: Path) -> list[dict]:
+    out = Path(tempfile.mkdtemp(dir=work))
+    result = train_lora(rows, cfg, model, out, SEED, max_steps=steps)
+    return [{"seconds": r["seconds"], "tokens": r["tokens"], "target_tokens": r["target_tokens"],
+             "token_loss": r["token_loss"], "forwards": r["forwards_per_process"]}
+            for r in result.metrics["loss_per_step"]]
+
+
+def run_hf_trainer(rows: list[dict], cfg: FinetuneConfig, model_name: str, steps: int, work: Path) -> list[dict]:
+    """The original's recipe on today's HF Trainer: micro-batch 1, DataCollatorForSeq2Seq(pad_to_multiple_of=8)."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    tokenizer = load_tokenizer(model_name)
+    examples, _ = tokenize_rows(rows, tokenizer, cfg)
+    plan = plan_steps(len(examples), steps, cfg.global_batch_size, SEED)
+    ordered = [examples[i] for step in plan for i in step]  # our plan's order, read sequentially by the Trainer
+    records = [{"input_ids": list(e.input_ids), "attention_mask": [1] * len(e),
+                "labels": [IGNORE_INDEX] + list(e.targets[:-1])} for e in ordered]  # unshift: the model shifts
+    # The same base precision and LoRA initialisation as ours (finetune.model), so only the training loop differs.
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(cfg, cuda)
+    model = load_lora_model(model_name, cfg, precision, torch.device("cuda" if cuda else "cpu"), SEED)
+
+    class OriginalTrainer(Trainer):
+        """Records each optimizer step's time and loss at full precision (the logged loss is rounded)."""
+
+        steps: list[dict] = []
+        loss_sum = 0.0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.loss_sum += float(loss)  # each micro-batch's share of the global batch's mean token loss
+            return loss
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.started = time.perf_counter()
+            trainer.loss_sum = 0.0
+
+        def on_step_end(self, args, state, control, **kw):
+            trainer.steps.append({"seconds": time.perf_counter() - self.started, "token_loss": trainer.loss_sum})
+
+    args = TrainingArguments(
+        output_dir=str(Path(tempfile.mkdtemp(dir=work))), per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.global_batch_size // cfg.micro_batch_size, warmup_steps=cfg.warmup_steps,
+        max_steps=steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to=[],
+        seed=SEED, train_sampling_strategy="sequential", use_cpu=not cuda,
+        bf16=precision.mixed_precision == "bf16", fp16=precision.mixed_precision == "fp16",
+        dataloader_num_workers=0, disable_tqdm=True, log_level="error")
+    trainer = OriginalTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
+                              callbacks=[StepTimer()],
+                              data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True,
+                                                                   return_tensors="pt"))
+    trainer.steps = []
+    trainer.train()
+    for s, step in zip(trainer.steps, plan):
+        s["tokens"] = sum(len(examples[i]) for i in step)
+        s["target_tokens"] = sum(examples[i].n_targets for i in step)
+        s["forwards"] = cfg.global_batch_size // cfg.micro_batch_size
+    return trainer.steps
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per block (the first is a warm-up)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--global-batch", type=int, default=4)
+    p.add_argument("--cutoff", type=int, default=2048,
+                   help="longer than every row (as the paper's 4096 is for most Open-Platypus rows)")
+    p.add_argument("--model", default=DEFAULT_BASE_MODEL, help="a Llama-family model folder (default: SmolLM2-135M)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "nf4"],
+                   help="base precision for every variant (bf16 / nf4 are meant for a GPU)")
+    args = p.parse_args()
+
+    model = args.model
+    base = FinetuneConfig(precision=args.precision, cutoff_len=args.cutoff, global_batch_size=args.global_batch,
+                          micro_batch_size=1, warmup_steps=0, loss_weighting="token", gradient_checkpointing=False,
+                          save_steps=10_000, resume=False)
+    variants = {
+        "original approach (HF Trainer, micro-batch 1, padded)": ("hf", base),
+        "ours: packed, LM head on targets only": ("ours", dataclasses.replace(base, packing=True)),
+        "ours: micro-batch 1 padded, LM head on targets only": ("ours", dataclasses.replace(base, packing=False)),
+    }
+    rows = bench_rows(args.rows)
+    tokenizer = load_tokenizer(model)
+    examples, _ = tokenize_rows(rows, tokenizer, base)
+    count_steps(len(examples), base, args.steps)
+    model_config = AutoConfig.from_pretrained(resolve_model(model))
+
+    compute_dtype = getattr(torch, resolve_precision(base, torch.cuda.is_available()).compute_dtype)
+    load_before = os.getloadavg()
+    peak = matmul_peak_flops(compute_dtype)
+    measured: dict[str, list[list[dict]]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for name, (kind, cfg) in variants.items():
+                run = run_hf_trainer if kind == "hf" else run_ours
+                measured[name].append(run(rows, cfg, model, args.steps, Path(tmp)))
+                print(f"{name}: {[round(s['seconds'], 1) for s in measured[name][-1]]} s/step", flush=True)
+    peak = max(peak, matmul_peak_flops(compute_dtype))
+    load_after = os.getloadavg()
+
+    plan = plan_steps(len(examples), args.steps, base.global_batch_size, SEED)
+    timed_steps = [plan[k] for k in range(1, args.steps)]
+    seen = [i for step in timed_steps for i in step]
+    context = sum(len(examples[i]) ** 2 for i in seen) / sum(len(examples[i]) for i in seen)
+    # r x (in + out) for each of gate, up and down projection in every layer
+    lora_params = (3 * base.lora_r * (model_config.hidden_size + model_config.intermediate_size)
+                   * model_config.num_hidden_layers)
+    per_token = training_flops_per_token(model_config, lora_params, context)
+
+    results = {}
+    for name, blocks in measured.items():
+        timed = [s for block in blocks for s in block[1:]]
+        seconds = sum(s["seconds"] for s in timed)
+        tokens = sum(s["tokens"] for s in timed)
+        targets = sum(s["target_tokens"] for s in timed)
+        flops = tokens * per_token + targets * lm_head_flops_per_target(model_config)
+        results[name] = {
+            "tokens_per_second": tokens / seconds, "seconds_per_step": seconds / len(timed),
+            "model_flops_per_second": flops / seconds, "mfu": flops / seconds / peak,
+            "forwards_per_step": statistics.mean(s["forwards"] for s in timed),
+            "token_loss_per_step": [[round(s["token_loss"], 5) for s in block] for block in blocks],
+            "step_seconds": [[round(s["seconds"], 2) for s in block] for block in blocks],
+        }
+    baseline = results[next(iter(results))]
+    for r in results.values():
+        r["speedup"] = r["tokens_per_second"] / baseline["tokens_per_second"]
+        r["max_rel_loss_diff_vs_original"] = max(
+            abs(a - b) / b for ra, rb in zip(r["token_loss_per_step"], baseline["token_loss_per_step"])
+            for a, b in zip(ra, rb))
+
+    record = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available(), "loadavg_before": load_before, "loadavg_after": load_after},
+        "model": model, "precision": resolve_precision(base, torch.cuda.is_available()).as_dict(), "rows": "MATH test (vendored), first %d" % args.rows,
+        "settings": {"steps_per_block": args.steps, "rounds": args.rounds, "global_batch_size": args.global_batch,
+                     "cutoff_len": args.cutoff, "timed_steps": len(timed_steps) * args.rounds,
+                     "tokens_per_step": statistics.mean(sum(len(examples[i]) for i in s) for s in timed_steps),
+                     "lora": "r=16 alpha=16 dropout=0.05 on gate/up/down_proj"},
+        "matmul_peak_flops": peak,
+        "model_flops_per_token": per_token,
+        "variants": results,
+    }
+    atomic_write_json(RESULTS, record)
+    print(markdown_table(record))
+
+
+def markdown_table(record: dict) -> str:
+    lines = [f"Matmul peak ({record['precision']['compute_dtype']} GEMM, {record['machine']['threads']} threads): "
+             f"{record['matmul_peak_flops'] / 1e9:.1f} GFLOP/s. Load average before/after: "
+             f"{record['machine']['loadavg_before'][0]:.1f} / {record['machine']['loadavg_after'][0]:.1f}.", "",
+             "| variant | forwards / step | tokens/s | speed-up | model GFLOP/s | MFU | max loss diff vs original |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in record["variants"].items():
+        lines.append(f"| {name} | {r['forwards_per_step']:.1f} | {r['tokens_per_second']:.1f} | "
+                     f"{r['speedup']:.2f}x | {r['model_flops_per_second'] / 1e9:.2f} | {100 * r['mfu']:.1f}% | "
+                     f"{100 * r['max_rel_loss_diff_vs_original']:.2f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

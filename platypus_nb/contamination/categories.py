@@ -1,0 +1,124 @@
+"""The paper's three kinds of flagged pair, the rules that suggest one, and the human review that overrides them.
+
+Platypus (section 2, "Contamination") sorts training questions that resemble a benchmark test question into:
+
+- **duplicate**: essentially a copy of the test question, word for word or with an extra word or minor
+  rearrangement. Only these count as leaks in the paper's table, and they are removed.
+- **gray area**: not an exact duplicate; the same question in other words, or one with the same answer in other
+  words (the paper's example: "skin" versus "epidermis"). The paper leaves the judgement to the reader; what we do
+  with them is ``contamination.gray_area``.
+- **similar but different**: high similarity, but the question differs in a way that changes the answer (other
+  numbers, another subject in the same template). Kept.
+
+(The paper body could not be retrieved for this project; these definitions are as the paper's readers report them.)
+
+The paper sorted by hand. We suggest a category from the evidence, and a reviewer's decision in the review file
+replaces the suggestion on the next run. The rules, in order:
+
+1. the row's data_source is an evaluation split -> duplicate (every row of it is a test item);
+2. the whole test text occurs in the row (``exact``) -> duplicate, unless it is a short text (fewer than n words)
+   quoted inside a row that is otherwise different (it covers less than half the row and the similarity is below
+   the threshold): then similar but different (a common phrase such as "What is your favorite color?" inside a
+   MATH word problem is not a copied item);
+3. the question visibly differs -> similar but different. Visible differences: a number of the test text is
+   missing from the row (MATH-style templates with other numbers: "the sums 10, 18, 19, ..." against "the sums 16,
+   19, 20, ..."), or, for a multiple-choice item, the training output names a wrong option and not the correct one;
+4. at least ``duplicate_overlap`` of the test text's n-grams occur in the row, or similarity >=
+   ``duplicate_similarity`` -> duplicate;
+5. similarity >= ``threshold`` -> gray area;
+6. otherwise (a few n-grams shared, similarity below the threshold: the row shares some wording, such as a
+   scenario two MMLU moral_scenarios items have in common, but not the question) -> similar but different.
+
+Anything less certain than rule 3's evidence never moves a pair out of duplicate or gray area: the rules err
+towards removal, and the review file is where a person says otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
+from platypus_nb.contamination.lexical import contains_words, normalised, words
+from platypus_nb.contamination.testsets import TestItem
+
+REVIEW_COLUMNS = ("train_hash", "test_id", "category", "reviewer", "note")
+
+
+def answer_agreement(output: str, item: TestItem) -> str:
+    """``"same"`` if the training output contains the correct answer, ``"different"`` if it contains a wrong
+    option and not the correct one, else ``"unknown"`` (no answer known, or neither found)."""
+    if not item.answer or not normalised(item.answer):
+        return "unknown"
+    out = normalised(output)
+    correct = normalised(item.answer)
+    if contains_words(out, correct):
+        return "same"
+    wrong = {normalised(c) for c in item.choices} - {correct, ""}
+    if any(contains_words(out, w) for w in wrong):
+        return "different"
+    return "unknown"
+
+
+def numbers_differ(train_text: str, test_text: str) -> bool:
+    """Whether some number in the test text is missing from the training text (the same template, other numbers)."""
+    numbers = {w for w in words(test_text) if any(ch.isdigit() for ch in w)}
+    return bool(numbers - set(words(train_text)))
+
+
+def suggest_category(*, method: str, similarity: float, ngram_overlap: float, exact: bool, coverage: float,
+                     short_text: bool, agreement: str, numbers_differ: bool, cfg: ContaminationConfig) -> str:
+    """The suggested category of one flagged pair, by the rules in this module's docstring."""
+    if method == "source":
+        return "duplicate"
+    if exact:
+        quoted_phrase = short_text and coverage < 0.5 and not similarity >= cfg.threshold
+        return "similar_but_different" if quoted_phrase else "duplicate"
+    if numbers_differ or agreement == "different":
+        return "similar_but_different"
+    if ngram_overlap >= cfg.duplicate_overlap or similarity >= cfg.duplicate_similarity:
+        return "duplicate"
+    return "gray_area" if similarity >= cfg.threshold else "similar_but_different"
+
+
+def load_review(path: str | Path) -> dict[tuple[str, str], str]:
+    """Reviewed categories keyed by (train_hash, test_id); a missing file means nothing is reviewed yet.
+
+    The file is CSV with the header ``train_hash,test_id,category,reviewer,note``; a bad category or a key decided
+    twice in different ways raises ValueError naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    decisions: dict[tuple[str, str], str] = {}
+    where: dict[tuple[str, str], int] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REVIEW_COLUMNS[:3] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: line 1: header lacks {missing} (expected {','.join(REVIEW_COLUMNS)})")
+        for row in reader:
+            line = reader.line_num
+            key = (row["train_hash"].strip(), row["test_id"].strip())
+            category = row["category"].strip()
+            if not all(key):
+                raise ValueError(f"{path}: line {line}: train_hash and test_id must not be empty")
+            if category not in CONTAMINATION_CATEGORIES:
+                raise ValueError(f"{path}: line {line}: category {category!r} is not one of "
+                                 f"{', '.join(CONTAMINATION_CATEGORIES)}")
+            if key in decisions and decisions[key] != category:
+                raise ValueError(f"{path}: line {line}: {key} was already reviewed as {decisions[key]!r} on line "
+                                 f"{where[key]}")
+            decisions[key], where[key] = category, line
+    return decisions
+
+
+def is_removed(category: str, eval_split: bool, cfg: ContaminationConfig) -> bool:
+    """Whether a pair of this category takes its training row out of the clean set.
+
+    Duplicates go, similar-but-different pairs stay, gray area follows ``gray_area``. Pairs with an evaluation
+    split the original build used on purpose (TheoremQA, MATH test) only remove with ``remove_eval_split_leaks``.
+    """
+    if eval_split and not cfg.remove_eval_split_leaks:
+        return False
+    return category == "duplicate" or (category == "gray_area" and cfg.gray_area == "remove")
+

@@ -1,0 +1,205 @@
+"""What step 02 compares: training rows (from step 01) and test items (from the vendored test sets in data/).
+
+The compared text follows the original notebook (``data_similarity.ipynb`` cell 3): a training row is
+``instruction + " " + input``; a test item is its question (HellaSwag: the context ``ctx``, which is what a model
+reads before choosing an ending). Each test item also carries its correct answer and its options, for the
+answer-agreement rule that separates "similar but different" pairs from the rest.
+
+Test ids are unique across sets (``"<set>:<id>"``) because the human review file is keyed by training text hash and
+test id alone. Native ids are used where a set has unique ones (ARC ``id``, MATH ``idx``, TheoremQA ``id``);
+elsewhere the position in the file (MMLU: within its subject), which is the Hugging Face dataset order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from platypus_nb.assets import data_file
+from platypus_nb.config import TEST_SETS, EvalSetConfig, resolve_path
+from platypus_nb.io import open_text, read_jsonl, sha256_text
+
+
+@dataclass(frozen=True)
+class TestItem:
+    test_set: str
+    test_id: str
+    text: str
+    # The correct answer as text (None where the set has none), and every option of a multiple-choice item.
+    answer: Optional[str] = None
+    choices: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------ training rows
+
+
+def training_text(row: dict[str, Any]) -> str:
+    """The text compared with test items: instruction and input joined by a space, as the original notebook did."""
+    return f"{row['instruction']} {row.get('input', '')}".strip()
+
+
+def training_text_hash(row: dict[str, Any]) -> str:
+    """The key of a training row in the review file: stable when rows are reordered or their outputs change."""
+    return sha256_text(training_text(row))[:16]
+
+
+def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read the training JSONL, checking every row before any work starts.
+
+    A row needs string ``instruction`` (non-empty) and ``output``; ``input`` and ``data_source`` are optional strings
+    (a missing input is empty, a missing data_source is reported as ``"(none)"``). A bad row raises ValueError naming
+    the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps every field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training file {path} does not exist (expected the JSONL written by step 01, "
+                                f"or pass train_path)")
+    rows = read_jsonl(path)
+    for lineno, row in zip(_nonblank_line_numbers(path), rows):
+        problem = _training_row_problem(row)
+        if problem:
+            raise ValueError(f"{path}: line {lineno}: {problem}")
+    if not rows:
+        raise ValueError(f"{path}: no training rows (expected JSONL rows with instruction, input, output)")
+    return rows
+
+
+def _nonblank_line_numbers(path: Path) -> list[int]:
+    """Line numbers of the rows ``read_jsonl`` returns (it skips blank lines)."""
+    with open_text(path) as f:
+        return [i for i, line in enumerate(f, start=1) if line.strip()]
+
+
+def _training_row_problem(row: dict[str, Any]) -> Optional[str]:
+    for key, required in (("instruction", True), ("output", True), ("input", False), ("data_source", False)):
+        if key not in row:
+            if required:
+                return f"missing key {key!r} (a row needs instruction, output and optionally input, data_source)"
+            continue
+        if not isinstance(row[key], str):
+            return f"{key!r} must be a string, got {type(row[key]).__name__} {str(row[key])[:60]!r}"
+    if not row["instruction"].strip():
+        return "'instruction' is empty"
+    return None
+
+
+def data_source_of(row: dict[str, Any]) -> str:
+    return row.get("data_source") or "(none)"
+
+
+# ---------------------------------------------------------------------------------------------------- test sets
+
+
+def _arc_challenge() -> list[TestItem]:
+    items = []
+    for row in read_jsonl(data_file("arc_challenge_test.jsonl.gz")):
+        choices = tuple(row["choices"]["text"])
+        answer = choices[row["choices"]["label"].index(row["answerKey"])]
+        items.append(TestItem("arc_challenge", f"arc_challenge:{row['id']}", row["question"], answer, choices))
+    return items
+
+
+def _hellaswag() -> list[TestItem]:
+    # The context is what the model reads; the endings are its options (lm-eval's preprocessing strips "[title]"
+    # style markers for scoring, but a copy in training data would carry the raw text, so we keep it).
+    items = []
+    for i, row in enumerate(read_jsonl(data_file("hellaswag_validation.jsonl.gz"))):
+        choices = tuple(row["endings"])
+        items.append(TestItem("hellaswag", f"hellaswag:{i}", row["ctx"], choices[int(row["label"])], choices))
+    return items
+
+
+def _mmlu() -> list[TestItem]:
+    items, seen = [], defaultdict(int)
+    for row in read_jsonl(data_file("mmlu_test.jsonl.gz")):
+        n = seen[row["subject"]]
+        seen[row["subject"]] += 1
+        choices = tuple(str(c) for c in row["choices"])
+        items.append(TestItem("mmlu", f"mmlu:{row['subject']}:{n}", row["question"], choices[row["answer"]],
+                              choices))
+    return items
+
+
+def _truthfulqa() -> list[TestItem]:
+    # mc1_targets lists the one correct answer first (1) and the wrong ones after it (0).
+    with open_text(data_file("truthfulqa_mc_task.json.gz")) as f:
+        rows = json.load(f)
+    items = []
+    for i, row in enumerate(rows):
+        targets = row["mc1_targets"]
+        answer = next(text for text, label in targets.items() if label == 1)
+        items.append(TestItem("truthfulqa", f"truthfulqa:{i}", row["question"], answer, tuple(targets)))
+    return items
+
+
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+
+
+def _math_test() -> list[TestItem]:
+    items = []
+    for row in read_jsonl(data_file("math_test.jsonl.gz")):
+        boxed = _BOXED.findall(row["solution"])
+        items.append(TestItem("math_test", f"math_test:{row['idx']}", row["problem"], boxed[-1] if boxed else None))
+    return items
+
+
+def _theoremqa_test() -> list[TestItem]:
+    with open_text(data_file("theoremqa_test.json.gz")) as f:
+        rows = json.load(f)
+    return [TestItem("theoremqa_test", f"theoremqa_test:{row['id']}", row["Question"], str(row["Answer"]))
+            for row in rows]
+
+
+TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = {
+    "arc_challenge": _arc_challenge,
+    "hellaswag": _hellaswag,
+    "mmlu": _mmlu,
+    "truthfulqa": _truthfulqa,
+    "math_test": _math_test,
+    "theoremqa_test": _theoremqa_test,
+}
+assert tuple(TEST_SET_LOADERS) == TEST_SETS
+
+
+def load_test_set(name: str, max_items: Optional[int] = None) -> list[TestItem]:
+    """One vendored test set, in file order (the first ``max_items`` if given)."""
+    if name not in TEST_SET_LOADERS:
+        raise ValueError(f"unknown test set {name!r} (known test sets: {', '.join(TEST_SET_LOADERS)})")
+    items = TEST_SET_LOADERS[name]()
+    return items[:max_items] if max_items else items
+
+
+def load_eval_set(spec: EvalSetConfig, max_items: Optional[int] = None) -> list[TestItem]:
+    """A user's evaluation set: JSONL rows with a non-empty string in ``spec.text_field``; bad rows name their line."""
+    path = resolve_path(spec.path)
+    rows = read_jsonl(path)
+    items = []
+    for lineno, row in zip(_nonblank_line_numbers(path), rows):
+        text = row.get(spec.text_field)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: line {lineno}: expected a non-empty string in field {spec.text_field!r} "
+                             f"(extra_eval_sets entry {spec.name!r}), got {text!r}")
+        native = row.get(spec.id_field) if spec.id_field else lineno
+        if native is None:
+            raise ValueError(f"{path}: line {lineno}: missing id field {spec.id_field!r}")
+        answer = row.get(spec.answer_field) if spec.answer_field else None
+        items.append(TestItem(spec.name, f"{spec.name}:{native}", text, None if answer is None else str(answer)))
+    ids = [item.test_id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: ids in field {spec.id_field!r} are not unique (extra_eval_sets {spec.name!r})")
+    return items[:max_items] if max_items else items
+
+
+def load_test_items(benchmarks: Sequence[str], eval_splits: Sequence[str] = (),
+                    extra_eval_sets: Sequence[EvalSetConfig] = (), max_items: Optional[int] = None) -> list[TestItem]:
+    """Every test item compared, set after set: benchmarks, then evaluation splits, then the user's sets."""
+    items: list[TestItem] = []
+    for name in [*benchmarks, *eval_splits]:
+        items.extend(load_test_set(name, max_items))
+    for spec in extra_eval_sets:
+        items.extend(load_eval_set(spec, max_items))
+    return items

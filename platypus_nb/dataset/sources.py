@@ -1,0 +1,244 @@
+"""The Open-Platypus sources: where each one's rows come from (data/, a local file, the Hub) and nothing else.
+
+Five sources are vendored in ``data/`` and load offline: MATH test, SciBench, TheoremQA (the card's) and OpenBookQA,
+SciQ (optional extras). The others only exist on the Hugging Face Hub, on GitHub (PRM800K) or behind the ARB API,
+so their loaders keep the original scripts' real download paths (``data_pipeline/*_format.py`` at dc90c1a); a user
+can also point ``dataset.source_files.<name>`` at a local copy in the source's real schema, which is how the tests
+feed them small fixtures. A source that cannot be loaded fails with its name and what to do, before any work.
+
+Rows are returned as the source's own records (plain dicts), in a fixed order, each with nothing added except a
+``_file``/``_split``/``_library`` key where the original read several files or endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from platypus_nb.assets import AssetError, data_file
+from platypus_nb.config import DATASET_SOURCES, DatasetConfig, resolve_path
+from platypus_nb.io import open_text, read_jsonl
+
+
+class SourceUnavailableError(RuntimeError):
+    """A source could not be loaded; the message names it, where it was looked for, and what to do."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the dataset card and the composition table say about a source."""
+
+    name: str
+    # The ``data_source`` tag rows carry in the released Open-Platypus (Data-Provenance "Dataset Filter IDs").
+    data_source: str
+    licence: str
+    # Where the original scripts took it from; the offline file where there is one.
+    origin: str
+    offline: bool
+
+
+SOURCE_INFO: dict[str, SourceInfo] = {s.name: s for s in [
+    SourceInfo("prm800k", "MATH/PRM-800K", "MIT",
+               "openai/prm800k phase1+2 train+test JSONL on GitHub (convert_prm.py)", False),
+    SourceInfo("math", "MATH/PRM-800K", "MIT",
+               "MATH train (Hub: EleutherAI/hendrycks_math) + test (data/math_test.jsonl.gz) (update_MATH.py)", False),
+    SourceInfo("scienceqa", "scienceqa", "CC BY-NC-SA 4.0", "Hub: metaeval/ScienceQA_text_only, train", False),
+    SourceInfo("scibench", "scibench", "MIT", "data/scibench/ (mandyyyyii/scibench dataset/original)", True),
+    SourceInfo("reclor", "reclor", "Non-commercial", "Hub: metaeval/reclor, train", False),
+    SourceInfo("theoremqa", "theoremqa", "MIT", "data/theoremqa_test.json.gz (wenhu/TheoremQA test.csv)", True),
+    SourceInfo("leetcode", "leetcode_ne", "None listed", "Hub: nuprl/leetcode-solutions-python-testgen-gpt4, train",
+               False),
+    SourceInfo("airoboros", "airoboros", "other (Data Provenance: CC BY-NC 4.0 + OpenAI terms)",
+               "Hub: jondurbin/airoboros-gpt4-1.4.1, instructions.jsonl", False),
+    SourceInfo("tigerbot", "tigerbot-kaggle", "apache-2.0",
+               "Hub: TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k, train", False),
+    SourceInfo("arb", "ARB", "CC BY 4.0", "ARB API https://arb.duckai.org/api/lib (duckai_format.py)", False),
+    SourceInfo("guanaco", "guanaco", "apache-2.0", "Hub: timdettmers/openassistant-guanaco, train+test", False),
+    SourceInfo("openbookqa", "openbookqa", "apache-2.0", "data/openbookqa_validation.jsonl.gz", True),
+    SourceInfo("sciq", "sciq", "CC BY-NC 3.0", "data/sciq_validation.jsonl.gz", True),
+]}
+assert tuple(SOURCE_INFO) == DATASET_SOURCES
+
+OFFLINE_SOURCES = "math (test split), scibench, theoremqa, openbookqa, sciq"
+
+SCIBENCH_BOOKS = ("atkins", "calculus", "chemmc", "class", "diff", "fund", "matter", "quan", "stat", "thermo")
+# The seven MATH subjects; the original globbed MATH/train/**/*.json, so its order was the file system's.
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+MATH_TRAIN_HUB_ID = "EleutherAI/hendrycks_math"
+PRM800K_URLS = tuple(f"https://github.com/openai/prm800k/raw/main/prm800k/data/{name}.jsonl"
+                     for name in ("phase1_test", "phase1_train", "phase2_test", "phase2_train"))
+ARB_API = "https://arb.duckai.org/api/lib"
+# (library, list endpoint, whether each item must be fetched by id), in duckai_format.py's order.
+ARB_LIBRARIES = (("math", "math", True), ("mcatReading", "mcatReading", False), ("law", "law", False),
+                 ("mcatScience", "mcatscience/val", False), ("physics", "physics/val", True))
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_source_records(name: str, dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    """The raw records of one source, capped at ``dcfg.max_rows_per_source`` (the first N)."""
+    records = _LOADERS[name](dcfg)
+    if dcfg.max_rows_per_source is not None:
+        records = records[:dcfg.max_rows_per_source]
+    return records
+
+
+def _local_or(name: str, dcfg: DatasetConfig, fetch: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A configured local copy wins over the download (the original scripts' Hub/GitHub/API path)."""
+    if name in dcfg.source_files:
+        return read_records(resolve_path(dcfg.source_files[name]), name)
+    try:
+        return fetch()
+    except SourceUnavailableError:
+        raise
+    except Exception as e:  # datasets, urllib and huggingface_hub raise many types for "no network"
+        raise SourceUnavailableError(_unreachable(name, e)) from e
+
+
+def _unreachable(name: str, err: Exception) -> str:
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return (f"source {name!r} could not be loaded from {SOURCE_INFO[name].origin} ({type(err).__name__}: "
+            f"{first_line}). It is not vendored in data/: connect to the Hugging Face Hub / internet, or set "
+            f"dataset.source_files.{name} to a local copy in the source's real schema, or remove {name!r} from "
+            f"dataset.sources (offline sources: {OFFLINE_SOURCES}).")
+
+
+def read_records(path: Path, name: str) -> list[dict[str, Any]]:
+    """Records from a local JSON (list, or ARB's {library: [items]}), JSONL, CSV or parquet file."""
+    suffixes = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    try:
+        if suffixes in (".jsonl", ".jsonl.gz"):
+            return read_jsonl(path)
+        if suffixes in (".json", ".json.gz"):
+            with open_text(path) as f:
+                data = json.load(f)
+            if name == "arb" and isinstance(data, dict):
+                return [dict(item, _library=library) for library, items in data.items() for item in items]
+            if not isinstance(data, list):
+                raise ValueError(f"expected a JSON list of records, got {type(data).__name__}")
+            return data
+        if suffixes in (".csv", ".parquet"):
+            import pandas as pd
+
+            frame = pd.read_csv(path) if suffixes == ".csv" else pd.read_parquet(path)
+            return frame.to_dict(orient="records")
+    except (OSError, ValueError) as e:
+        raise SourceUnavailableError(f"source {name!r}: could not read {path}: {e}") from e
+    raise SourceUnavailableError(f"source {name!r}: {path} is not .json, .jsonl, .csv or .parquet")
+
+
+def _vendored(name: str, rel: str) -> Path:
+    try:
+        return data_file(rel)
+    except AssetError as e:
+        raise SourceUnavailableError(f"source {name!r}: {e}") from e
+
+
+def _vendored_json(name: str, rel: str) -> list[dict[str, Any]]:
+    with open_text(_vendored(name, rel)) as f:
+        return json.load(f)
+
+
+def _hub_rows(hub_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+    import datasets
+
+    return datasets.load_dataset(hub_id, **kwargs).to_list()
+
+
+def _load_prm800k(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    def fetch() -> list[dict[str, Any]]:
+        import datasets
+
+        # GitHub raw files, as convert_prm.py downloaded them; the download manager caches them.
+        paths = datasets.DownloadManager().download(list(PRM800K_URLS))
+        return [row for p in paths for row in read_jsonl(p)]
+
+    return _local_or("prm800k", dcfg, fetch)
+
+
+def _load_math(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    if "train" in dcfg.math_splits:
+        train = _local_or("math", dcfg, lambda: [
+            row for subject in MATH_SUBJECTS for row in _hub_rows(MATH_TRAIN_HUB_ID, name=subject, split="train")])
+        records += [dict(r, _split="train") for r in train]
+    if "test" in dcfg.math_splits:
+        records += [dict(r, _split="test") for r in read_jsonl(_vendored("math", "math_test.jsonl.gz"))]
+    return records
+
+
+def _load_scibench(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    def vendored() -> list[dict[str, Any]]:
+        # scibench_format.py read every *.json of dataset/original, the *_sol.json files (worked solutions) too.
+        rows = []
+        for book in SCIBENCH_BOOKS:
+            for stem in (book, f"{book}_sol"):
+                rows += [dict(r, _file=f"{stem}.json") for r in _vendored_json("scibench", f"scibench/{stem}.json.gz")]
+        return rows
+
+    return _local_or("scibench", dcfg, vendored)
+
+
+def _load_arb(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    def fetch() -> list[dict[str, Any]]:
+        rows = []
+        for library, endpoint, by_id in ARB_LIBRARIES:
+            items = _get_json(f"{ARB_API}/{endpoint}")
+            if by_id:
+                items = [_get_json(f"{ARB_API}/{endpoint}/{item['_id']}") for item in items]
+            rows += [dict(item, _library=library) for item in items]
+        return rows
+
+    return _local_or("arb", dcfg, fetch)
+
+
+def _get_json(url: str, timeout: float = 30.0) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _hub_source(name: str, hub_id: str, splits: tuple[str, ...] = ("train",),
+                data_files: Optional[str] = None) -> Callable[[DatasetConfig], list[dict[str, Any]]]:
+    def load(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+        kwargs = {"data_files": data_files} if data_files else {}
+        return _local_or(name, dcfg, lambda: [row for split in splits
+                                              for row in _hub_rows(hub_id, split=split, **kwargs)])
+
+    return load
+
+
+def _vendored_source(name: str, rel: str) -> Callable[[DatasetConfig], list[dict[str, Any]]]:
+    def load(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+        def vendored() -> list[dict[str, Any]]:
+            return read_jsonl(_vendored(name, rel)) if ".jsonl" in rel else _vendored_json(name, rel)
+
+        return _local_or(name, dcfg, vendored)
+
+    return load
+
+
+_LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = {
+    "prm800k": _load_prm800k,
+    "math": _load_math,
+    "scienceqa": _hub_source("scienceqa", "metaeval/ScienceQA_text_only"),
+    "scibench": _load_scibench,
+    "reclor": _hub_source("reclor", "metaeval/reclor"),
+    # The original read wenhu/TheoremQA test.csv from the Hub; data/ holds the same test split from the authors'
+    # repository (with the theorem's name, not its definition: see formats.format_theoremqa).
+    "theoremqa": _vendored_source("theoremqa", "theoremqa_test.json.gz"),
+    "leetcode": _hub_source("leetcode", "nuprl/leetcode-solutions-python-testgen-gpt4"),
+    "airoboros": _hub_source("airoboros", "jondurbin/airoboros-gpt4-1.4.1", data_files="instructions.jsonl"),
+    "tigerbot": _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
+    "arb": _load_arb,
+    "guanaco": _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
+    "openbookqa": _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
+    "sciq": _vendored_source("sciq", "sciq_validation.jsonl.gz"),
+}
+assert tuple(_LOADERS) == DATASET_SOURCES

@@ -1,0 +1,469 @@
+"""Step 05: score every model on the paper's four Open LLM Leaderboard tasks with lm-evaluation-harness.
+
+The paper and every Platypus model card report ARC-Challenge (25-shot, acc_norm), HellaSwag (10-shot, acc_norm),
+MMLU (5-shot, acc, the unweighted mean over 57 subjects) and TruthfulQA MC2 (0-shot), run with the harness at
+commit b281b09, the one the Open LLM Leaderboard v1 used (original README; PAPER.md section 3).
+
+What we do instead, and why:
+- lm-eval 0.4.13, not b281b09: the pinned stack (torch 2.13, transformers 5) cannot run the 2023 harness. Prompts
+  follow lm-eval 0.4's ports of the same tasks; task names and a few details differ (PAPER.md, trap 6).
+- Offline by default: the task YAMLs are generated into the run folder from the templates in
+  ``platypus_nb/lm_eval_tasks/``, pointing at the vendored test sets in ``data/`` by absolute path (lm-eval
+  resolves relative ``data_files`` from the working directory). ``evaluate.task_source: hub`` runs lm-eval's own
+  task definitions instead, for users with the Hugging Face Hub.
+- Few-shot examples for ARC and HellaSwag come from their validation splits, because the train splits are not
+  vendored (the leaderboard drew them from train).
+- The MMLU number is computed here as the plain mean of the subject scores, as the leaderboard did; lm-eval 0.4's
+  own ``mmlu`` group weights subjects by their size.
+
+Each model is loaded once (bf16/fp32, or 4-bit nf4 through bitsandbytes) and handed to lm-eval as
+``HFLM(pretrained=<loaded model>)``; a LoRA adapter is merged into its base first, as the released Platypus2 models
+were. Results go to ``<out_dir>/<model>.json`` and ``<out_dir>/summary.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import importlib.metadata
+import json
+import logging
+import math
+import re
+import string
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from platypus_nb.assets import data_file
+from platypus_nb.config import EVAL_TASKS, Config, EvaluateConfig, resolve_path
+from platypus_nb.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+ROLES = ("base", "platypus", "partner", "merge")
+MODEL_KEYS = ("name", "path", "adapter", "role", "compare_to", "stands_in_for")
+# A model's name becomes a file name: <name>.json.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+class EvaluationError(ValueError):
+    """Bad input to the evaluation (models list, task, subject); the message names the file, entry or key."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How the leaderboard reads one task: the lm-eval metric it reports and the paper's column name."""
+
+    metric: str
+    label: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    "arc_challenge": TaskSpec("acc_norm", "ARC"),
+    "hellaswag": TaskSpec("acc_norm", "HellaSwag"),
+    "mmlu": TaskSpec("acc", "MMLU"),
+    "truthfulqa_mc2": TaskSpec("acc", "TruthfulQA"),
+}
+assert tuple(TASKS) == EVAL_TASKS, "config.EVAL_TASKS and evaluate.TASKS must name the same tasks"
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@dataclass(frozen=True)
+class ModelToEvaluate:
+    """One entry of ``04_merge/models.json`` (the contract between steps 04 and 05)."""
+
+    name: str
+    path: str
+    adapter: Optional[str]
+    role: str
+    compare_to: Optional[str]
+    stands_in_for: str
+
+
+def read_models(path: str | Path) -> list[ModelToEvaluate]:
+    """Read and check a models.json before any model is loaded: every problem names the file and the entry."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(raw, list) or not raw:
+        raise EvaluationError(f"{path}: expected a non-empty JSON list of models, got {type(raw).__name__}")
+    models = [_model_entry(path, i, entry) for i, entry in enumerate(raw)]
+    names = [m.name for m in models]
+    for i, m in enumerate(models):
+        where = f"{path}: entry {i} ({m.name!r})"
+        if names.count(m.name) > 1:
+            raise EvaluationError(f"{where}: name is used by more than one entry; names must be unique")
+        if m.compare_to is not None and m.compare_to not in names:
+            raise EvaluationError(f"{where}: compare_to {m.compare_to!r} is not the name of a model in this list "
+                                  f"(names: {', '.join(names)})")
+    return models
+
+
+def _model_entry(path: Path, i: int, entry: Any) -> ModelToEvaluate:
+    where = f"{path}: entry {i}"
+    if not isinstance(entry, dict):
+        raise EvaluationError(f"{where}: expected an object with keys {', '.join(MODEL_KEYS)}")
+    missing = [k for k in MODEL_KEYS if k not in entry]
+    if missing:
+        raise EvaluationError(f"{where}: missing key(s) {', '.join(missing)} (expected {', '.join(MODEL_KEYS)})")
+    name = entry["name"]
+    where = f"{where} ({name!r})"
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise EvaluationError(f"{where}: name must be letters, digits and ._+- (it becomes a file name)")
+    if entry["role"] not in ROLES:
+        raise EvaluationError(f"{where}: role must be one of {', '.join(ROLES)}, got {entry['role']!r}")
+    if not isinstance(entry["path"], str) or not entry["path"]:
+        raise EvaluationError(f"{where}: path must be a model folder or a model name")
+    model_path = _checked_model_path(entry["path"], where)
+    adapter = entry["adapter"]
+    if adapter is not None:
+        adapter_dir = resolve_path(adapter)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise EvaluationError(f"{where}: adapter folder {adapter_dir} does not exist or has no "
+                                  f"adapter_config.json (expected a peft LoRA adapter from step 03)")
+        adapter = str(adapter_dir)
+    return ModelToEvaluate(name=name, path=model_path, adapter=adapter, role=entry["role"],
+                           compare_to=entry["compare_to"], stands_in_for=entry["stands_in_for"] or "")
+
+
+def _checked_model_path(path: str, where: str) -> str:
+    """A path that exists is a local folder; one written as a path (/, ./, ~) must exist; the rest are model names.
+
+    Model names (the offline default ``smollm2-135m`` or a Hub id) go to ``platypus_nb.assets.load_model``.
+    """
+    local = resolve_path(path)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise EvaluationError(f"{where}: model folder {local} has no config.json (expected a saved model)")
+        return str(local)
+    if path.startswith(("/", "./", "../", "~")):
+        raise EvaluationError(f"{where}: model folder {local} does not exist")
+    return path
+
+
+def models_for_run(stage: Any) -> tuple[list[ModelToEvaluate], str]:
+    """The models of this run: step 04's models.json, or, without it, the base and step 03's adapter.
+
+    Returns the list and a sentence saying where it came from, for the notebook to show.
+    """
+    models_json = stage.output_of("04_merge") / "models.json"
+    if models_json.is_file():
+        return read_models(models_json), f"models from {models_json}"
+    base = stage.cfg.model.base
+    base_name = re.sub(r"[^A-Za-z0-9._+-]", "-", Path(base).name)
+    models = [ModelToEvaluate(base_name, base, None, "base", None, "LLaMA-2 (base)")]
+    adapter = stage.output_of("03_finetune") / "adapter"
+    note = f"{models_json} not found (step 04 not run): evaluating the base model {base!r}"
+    if (adapter / "adapter_config.json").is_file():
+        models.append(ModelToEvaluate(f"{base_name}-platypus", base, str(adapter), "platypus", base_name,
+                                      "Platypus2 (base + LoRA)"))
+        note += f" and the base with step 03's adapter {adapter}"
+    else:
+        note += f" only ({adapter} not found either)"
+    return models, note
+
+
+# ------------------------------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What lm-eval runs: per leaderboard task, its lm-eval task names and shots; where the YAMLs are."""
+
+    task_names: dict[str, list[str]]
+    num_fewshot: dict[str, int]
+    include_path: Optional[Path]
+    limit: Optional[int]
+
+
+def mmlu_subjects(requested: Optional[list[str]] = None) -> list[str]:
+    """The 57 MMLU subjects of the vendored test set, or the requested ones after checking each exists."""
+    known = sorted({row["subject"] for row in read_jsonl(data_file("mmlu_test.jsonl.gz"))})
+    if requested is None:
+        return known
+    unknown = [s for s in requested if s not in known]
+    if unknown:
+        raise EvaluationError(f"evaluate.mmlu_subjects: unknown subject(s) {', '.join(map(repr, unknown))}; "
+                              f"known subjects: {', '.join(known)}")
+    return list(requested)
+
+
+def prepare_tasks(ecfg: EvaluateConfig, tasks_dir: str | Path) -> TaskPlan:
+    """Check the tasks and, for ``task_source: local``, write the task YAMLs and the data they read.
+
+    Called once per run, before any model is loaded, so a bad task or subject fails first.
+    """
+    unknown = [t for t in ecfg.tasks if t not in TASKS]
+    if unknown:
+        raise EvaluationError(f"evaluate.tasks: unknown task(s) {', '.join(map(repr, unknown))}; "
+                              f"known tasks: {', '.join(TASKS)}")
+    subjects = mmlu_subjects(ecfg.mmlu_subjects) if "mmlu" in ecfg.tasks else []
+    names = {t: ([f"mmlu_{s}" for s in subjects] if t == "mmlu" else [t]) for t in ecfg.tasks}
+    shots = {t: ecfg.num_fewshot[t] for t in ecfg.tasks}
+    include_path = None
+    if ecfg.task_source == "local":
+        include_path = Path(tasks_dir)
+        write_task_yamls(ecfg.tasks, shots, subjects, include_path)
+    return TaskPlan(task_names=names, num_fewshot=shots, include_path=include_path, limit=ecfg.limit)
+
+
+def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str], tasks_dir: Path) -> list[Path]:
+    """Fill the templates with absolute data paths and shot counts; returns the YAML files written.
+
+    TruthfulQA and MMLU need their data reshaped first (lm-eval's {choices, labels} form; one file per subject),
+    which goes to ``tasks_dir/data/``; ARC and HellaSwag read the checksummed files in ``data/`` directly
+    (the datasets json builder reads .gz).
+    """
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks:
+        if task == "mmlu":
+            for subject, files in write_mmlu_subject_files(subjects, tasks_dir / "data" / "mmlu").items():
+                values = {"task": f"mmlu_{subject}", "subject": subject, "test_file": files["test"],
+                          "dev_file": files["dev"], "num_fewshot": shots[task],
+                          "description": "The following are multiple choice questions (with answers) about "
+                                         f"{subject.replace('_', ' ')}.\n\n"}
+                written.append(_fill_template("mmlu_subject", values, tasks_dir / "mmlu" / f"mmlu_{subject}.yaml"))
+            continue
+        values: dict[str, Any] = {"num_fewshot": shots[task]}
+        if task == "arc_challenge":
+            values.update(arc_challenge_test=data_file("arc_challenge_test.jsonl.gz"),
+                          arc_challenge_validation=data_file("arc_challenge_validation.jsonl.gz"))
+        elif task == "hellaswag":
+            values.update(hellaswag_validation=data_file("hellaswag_validation.jsonl.gz"))
+        elif task == "truthfulqa_mc2":
+            values.update(truthfulqa_mc=write_truthfulqa_mc(tasks_dir / "data" / "truthfulqa_mc.jsonl"))
+        written.append(_fill_template(task, values, tasks_dir / f"{task}.yaml"))
+    return written
+
+
+def _fill_template(template: str, values: dict[str, Any], target: Path) -> Path:
+    # Values are written as JSON scalars, which YAML reads back unchanged whatever the path contains.
+    text = (TEMPLATES_DIR / f"{template}.yaml").read_text()
+    filled = string.Template(text).substitute({k: json.dumps(v if isinstance(v, int) else str(v))
+                                               for k, v in values.items()})
+    return atomic_write_text(target, filled)
+
+
+def truthfulqa_mc_rows() -> list[dict[str, Any]]:
+    """TruthfulQA's mc_task.json in the Hub dataset's form: ``{answer: 0/1}`` maps become {choices, labels}.
+
+    Answer order is kept (true answers first), which is the order of the Hub's truthful_qa multiple_choice rows.
+    """
+    with gzip.open(data_file("truthfulqa_mc_task.json.gz"), "rt", encoding="utf-8") as f:
+        items = json.load(f)
+
+    def targets(answers: dict[str, int]) -> dict[str, list]:
+        return {"choices": list(answers), "labels": [int(v) for v in answers.values()]}
+
+    return [{"question": it["question"], "mc1_targets": targets(it["mc1_targets"]),
+             "mc2_targets": targets(it["mc2_targets"])} for it in items]
+
+
+def write_truthfulqa_mc(target: Path) -> Path:
+    return write_jsonl(target, truthfulqa_mc_rows())
+
+
+def write_mmlu_subject_files(subjects: list[str], folder: Path) -> dict[str, dict[str, Path]]:
+    """One test and one dev JSONL per subject, so that ``limit`` and few-shot work per subject as in lm-eval."""
+    by_split = {split: read_jsonl(data_file(f"mmlu_{split}.jsonl.gz")) for split in ("test", "dev")}
+    files: dict[str, dict[str, Path]] = {}
+    for subject in subjects:
+        files[subject] = {}
+        for split, rows in by_split.items():
+            target = folder / f"{subject}_{split}.jsonl"
+            write_jsonl(target, (r for r in rows if r["subject"] == subject))
+            files[subject][split] = target
+    return files
+
+
+@dataclass(frozen=True)
+class LoadedTasks:
+    """lm-eval's task index and task objects, built once per run and reused for every model."""
+
+    manager: Any
+    by_task: dict[str, list[Any]]
+
+
+def load_tasks(plan: TaskPlan) -> LoadedTasks:
+    """Index the tasks and build them (datasets, preprocessing, few-shot pools) once, for every model.
+
+    ``local`` indexes only our generated YAMLs (fast, offline); ``hub`` indexes lm-eval's ~27,000 built-in YAMLs,
+    which is why the index is built once and handed to every ``simple_evaluate`` call. ``simple_evaluate``
+    re-seeds each task's few-shot sampler on every call, so every model sees the same prompts.
+    """
+    from lm_eval.tasks import TaskManager
+
+    if plan.include_path is None:
+        manager = TaskManager()
+    else:
+        manager = TaskManager(include_path=str(plan.include_path), include_defaults=False)
+    loaded = manager.load([n for names in plan.task_names.values() for n in names])["tasks"]
+    return LoadedTasks(manager, {task: [loaded[n] for n in names] for task, names in plan.task_names.items()})
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def load_for_eval(model: ModelToEvaluate, ecfg: EvaluateConfig):
+    """Load a model (and merge its adapter) the way the evaluation runs it; returns (model, tokenizer)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from platypus_nb.assets import load_model, load_tokenizer
+
+    device = "cuda" if ecfg.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if ecfg.device == "auto" else ecfg.device)
+    dtype = "auto" if ecfg.dtype == "auto" else getattr(torch, ecfg.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
+    if ecfg.quantization == "nf4":
+        # QLoRA's 4-bit recipe; compute in bf16 unless a dtype is set. bitsandbytes 0.50 runs this on CPU too.
+        compute = torch.bfloat16 if ecfg.dtype == "auto" else dtype
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=compute,
+                                                           bnb_4bit_use_double_quant=True)
+    lm = load_model(model.path, **kwargs)
+    if model.adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, model.adapter)
+        # The released Platypus2 models are base + LoRA merged; a 4-bit base keeps the adapter beside it instead
+        # (merging into 4-bit weights would re-quantize them).
+        if ecfg.quantization == "none":
+            lm = lm.merge_and_unload()
+    lm.eval()
+    return lm, load_tokenizer(model.path)
+
+
+def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed: int) -> dict[str, Any]:
+    """Run one leaderboard task through ``lm_eval.simple_evaluate``; returns score, stderr, n, requests, seconds."""
+    import lm_eval
+
+    names = plan.task_names[task]
+    metric = TASKS[task].metric
+    start = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=plan.num_fewshot[task],
+                                  limit=plan.limit, task_manager=tasks.manager, log_samples=True, random_seed=seed,
+                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    seconds = time.perf_counter() - start
+    per_name = {n: {"score": float(out["results"][n][f"{metric},none"]),
+                    "stderr": _stderr(out["results"][n][f"{metric}_stderr,none"]),
+                    "n": int(out["n-samples"][n]["effective"])} for n in names}
+    requests = sum(len(s["arguments"]) for n in names for s in out["samples"][n])
+    score, stderr = mean_of_scores([v["score"] for v in per_name.values()],
+                                   [v["stderr"] for v in per_name.values()])
+    result = {"metric": metric, "score": score, "stderr": stderr, "n": sum(v["n"] for v in per_name.values()),
+              "num_fewshot": plan.num_fewshot[task], "requests": requests, "seconds": round(seconds, 3)}
+    if task == "mmlu":
+        result["subjects"] = {n.removeprefix("mmlu_"): v for n, v in per_name.items()}
+    return result
+
+
+def _stderr(value: Any) -> float:
+    """lm-eval reports "N/A" where a standard error is undefined (a single question); keep it as NaN."""
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def mean_of_scores(scores: list[float], stderrs: list[float]) -> tuple[float, float]:
+    """Unweighted mean of k independent scores and its standard error, sqrt(sum se_i^2) / k.
+
+    For MMLU this is the leaderboard's number (each of the 57 subjects counts once, whatever its size).
+    """
+    k = len(scores)
+    return sum(scores) / k, math.sqrt(sum(se * se for se in stderrs)) / k
+
+
+def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, ecfg: EvaluateConfig, seed: int,
+                   out_dir: Path) -> dict[str, Any]:
+    """Load one model, score it on every task of the plan, write ``<out_dir>/<name>.json`` and return it."""
+    from lm_eval.models.huggingface import HFLM
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    lm, tokenizer = load_for_eval(model, ecfg)
+    load_seconds = time.perf_counter() - t0
+    lm_obj = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=ecfg.batch_size)
+    scores = {task: score_task(lm_obj, task, plan, tasks, seed) for task in plan.task_names}
+    result = {
+        **asdict(model),
+        "scores": scores,
+        "settings": evaluation_settings(ecfg, plan, seed),
+        "versions": {p: importlib.metadata.version(p) for p in ("lm_eval", "torch", "transformers", "peft")},
+        "started_at": started.isoformat(timespec="seconds"),
+        "load_seconds": round(load_seconds, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_json(out_dir / f"{model.name}.json", result)
+    del lm_obj, lm
+    return result
+
+
+def evaluation_settings(ecfg: EvaluateConfig, plan: TaskPlan, seed: int) -> dict[str, Any]:
+    """Everything besides the weights that a score depends on, recorded with every result."""
+    return {"task_source": ecfg.task_source, "num_fewshot": plan.num_fewshot, "limit": plan.limit,
+            "mmlu_subjects": [n.removeprefix("mmlu_") for n in plan.task_names.get("mmlu", [])],
+            "batch_size": ecfg.batch_size, "dtype": ecfg.dtype, "quantization": ecfg.quantization,
+            "device": ecfg.device, "seed": seed,
+            "metrics": {t: TASKS[t].metric for t in plan.task_names}}
+
+
+def evaluate_models(models: list[ModelToEvaluate], plan: TaskPlan, cfg: Config, out_dir: str | Path,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Score every model in turn (one in memory at a time) and write ``summary.csv``; returns the results."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    # lm-eval logs every task it builds at INFO; keep the notebook readable and its warnings visible.
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    tasks = load_tasks(plan)
+    results = [evaluate_model(m, plan, tasks, cfg.evaluate, cfg.run.seed, out_dir)
+               for m in tqdm(models, desc="models", disable=not progress)]
+    write_summary(results, out_dir / "summary.csv")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+SUMMARY_COLUMNS = ["model", "role", "compare_to", "stands_in_for", "task", "metric", "num_fewshot", "n",
+                   "score_pct", "stderr_pct", "seconds"]
+
+
+def summary_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (model, task), scores in percent as the leaderboard prints them."""
+    rows = [{"model": r["name"], "role": r["role"], "compare_to": r["compare_to"], "stands_in_for": r["stands_in_for"],
+             "task": task, "metric": s["metric"], "num_fewshot": s["num_fewshot"], "n": s["n"],
+             "score_pct": 100 * s["score"], "stderr_pct": 100 * s["stderr"], "seconds": s["seconds"]}
+            for r in results for task, s in r["scores"].items()]
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def write_summary(results: list[dict[str, Any]], target: Path) -> Path:
+    return atomic_write_text(target, summary_table(results).to_csv(index=False, float_format="%.4f"))
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """Step 05's summary.csv, checked; what step 06 reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/05_evaluate.ipynb for this run first")
+    summary = pd.read_csv(path)
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(SUMMARY_COLUMNS)})")
+    return summary
+
+
+def scores_wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """Models as rows, tasks as columns (percent) plus their mean: the layout of the paper's and cards' tables."""
+    wide = summary.pivot(index="model", columns="task", values="score_pct")
+    wide = wide[[t for t in TASKS if t in wide.columns]]
+    wide["average"] = wide.mean(axis=1)
+    return wide.loc[summary["model"].drop_duplicates()]

@@ -1,0 +1,162 @@
+"""The base model at the configured precision, with the Platypus LoRA adapter on top.
+
+Precisions (``finetune.precision``):
+
+| precision | base weights | compute | where it comes from |
+|---|---|---|---|
+| ``fp32`` | fp32 | fp32 | the tiny CPU default |
+| ``bf16`` | bf16 | bf16 autocast | the README's advice for Llama-2-7B; the natural A100 choice |
+| ``fp16`` | fp16 | fp16 autocast + loss scaling | |
+| ``int8`` | LLM.int8 (bitsandbytes), rest fp16 | fp16 autocast | what the original ``finetune.py`` ran |
+| ``nf4`` | 4-bit NF4, double quantisation | ``bnb_4bit_compute_dtype`` | QLoRA |
+
+Without CUDA every 16-bit dtype becomes fp32 (a CPU without bf16/fp16 units runs them far slower, and the issue
+asks for "bf16 (fp32 on CPU)"); the 4- and 8-bit bitsandbytes layers run on CPU as they are. What was actually
+used is recorded in ``train_args.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+
+from platypus_nb.config import FinetuneConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelSetupError(ValueError):
+    """The model cannot be set up as configured (e.g. a LoRA target module it does not have)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a precision setting means on this device."""
+
+    name: str
+    weights_dtype: str          # dtype of the non-quantized base weights
+    quantization: Optional[str]  # None, "int8" or "nf4"
+    compute_dtype: str          # nf4 matmul dtype
+    mixed_precision: str        # accelerate's autocast setting: "no", "bf16" or "fp16"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_precision(cfg: FinetuneConfig, cuda: bool) -> Precision:
+    def on_device(dtype: str) -> str:
+        return dtype if cuda else "float32"
+
+    half = {"bf16": "bfloat16", "fp16": "float16"}
+    if cfg.precision == "fp32":
+        return Precision("fp32", "float32", None, "float32", "no")
+    if cfg.precision in half:
+        dtype = on_device(half[cfg.precision])
+        return Precision(cfg.precision, dtype, None, dtype, _autocast(dtype))
+    if cfg.precision == "int8":
+        # Original: load_in_8bit=True, torch_dtype=float16, TrainingArguments(fp16=True).
+        dtype = on_device("float16")
+        return Precision("int8", dtype, "int8", dtype, _autocast(dtype))
+    compute = on_device(cfg.bnb_4bit_compute_dtype)
+    return Precision("nf4", compute, "nf4", compute, _autocast(compute))
+
+
+def _autocast(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+
+
+def quantization_config(precision: Precision, cfg: FinetuneConfig, fsdp: bool = False) -> Any:
+    """bitsandbytes settings. Under FSDP the 4-bit weights are stored packed in the compute dtype, so that FSDP
+    can shard them like the other (non-quantized) weights (PEFT's FSDP + QLoRA guide); LLM.int8 cannot be sharded."""
+    from transformers import BitsAndBytesConfig
+
+    if precision.quantization == "int8":
+        if fsdp:
+            raise ModelSetupError("finetune.precision int8 (LLM.int8) cannot be sharded by FSDP; use nf4 or bf16 "
+                                  "with an FSDP accelerate config, or int8 with plain DDP")
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if precision.quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=cfg.bnb_4bit_double_quant,
+                                  bnb_4bit_compute_dtype=_DTYPES[precision.compute_dtype],
+                                  bnb_4bit_quant_storage=_DTYPES[precision.compute_dtype] if fsdp else torch.uint8)
+    return None
+
+
+def check_target_modules(base_model: str, targets: list[str], trust_remote_code: bool = False) -> None:
+    """Every LoRA target must name a module of the base model; checked on an empty (meta) model before loading."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from platypus_nb.assets import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(base_model), trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in empty.named_modules()}
+    missing = [t for t in targets if t not in leaf_names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in empty.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelSetupError(f"finetune.lora_target_modules: {missing} not found in {base_model} "
+                              f"({config.model_type}); its linear layers are: {', '.join(linear)}")
+
+
+def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, device: torch.device, seed: int,
+                    trust_remote_code: bool = False, fsdp: bool = False) -> Any:
+    """Load the base, prepare it for k-bit training when quantized, and add a freshly initialised LoRA adapter.
+
+    Under FSDP the model is loaded on the CPU and placed (sharded) by FSDP itself.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    from platypus_nb.assets import load_model
+
+    quant = quantization_config(precision, cfg, fsdp)
+    kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        if not fsdp:
+            kwargs["device_map"] = {"": device}
+    model = load_model(base_model, dtype=_DTYPES[precision.weights_dtype], trust_remote_code=trust_remote_code,
+                       **kwargs)
+    if quant is None and not fsdp:
+        model.to(device)
+    model.config.use_cache = False
+    if quant is not None:
+        # The original called prepare_model_for_int8_training (removed in PEFT 0.10); its successor casts norms
+        # and the output layer to fp32 and, like the original's default, turns on gradient checkpointing.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    set_seed(seed)  # the same LoRA initialisation in every process and on every resume
+    return get_peft_model(model, lora)
+
+
+def training_flops_per_token(config: Any, lora_params: int, mean_context: float) -> float:
+    """Model FLOPs of one trained token for LoRA on a frozen base (the MFU numerator), PaLM-style accounting.
+
+    Forward: 2 per weight of the decoder's linear layers. Backward: another 2 per weight for the input gradients
+    (frozen weights need no weight gradient) plus 4 per LoRA weight. Attention scores and values: 12 x layers x
+    hidden x context (forward + backward), where ``mean_context`` is the token-weighted mean length of the examples
+    (sum of squared lengths / sum of lengths): a token attends within its own example only. The LM head (tied or not) is
+    counted for target tokens only, separately, by :func:`lm_head_flops_per_target`. Gradient checkpointing's
+    recomputation is not model work and is not counted.
+    """
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attn_proj = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2
+    per_layer = attn_proj + 3 * h * inter
+    return 4 * layers * per_layer + 6 * lora_params + 12 * layers * heads * head_dim * mean_context
+
+
+def lm_head_flops_per_target(config: Any) -> float:
+    """Forward and input-gradient backward through the (frozen) output projection, per token that has a label."""
+    return 4 * config.hidden_size * config.vocab_size

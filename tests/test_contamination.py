@@ -1,0 +1,380 @@
+"""Step 02, contamination analysis, on real test items and real training rows with planted copies and rewordings.
+
+The planted training file mixes real MATH / TheoremQA / SciBench rows with copies of real benchmark test questions
+(verbatim, twice, with options appended, inside a longer instruction), rewordings at or above the 0.8 threshold, and
+questions on the same topics that ask something else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from platypus_nb import contamination as C
+from platypus_nb.assets import data_file
+from platypus_nb.config import ConfigError, EvalSetConfig, TEST_SETS, load_config
+from platypus_nb.contamination.analysis import apply_decisions
+from platypus_nb.embeddings import EmbeddingCache, embed_texts
+from platypus_nb.io import open_text, read_jsonl, write_jsonl
+
+N_ITEMS = 40  # first N items of every test set: keeps embedding to a few hundred texts
+
+ARC_ROTATION = "arc_challenge:Mercury_7175875"
+ARC_PHOTOSYNTHESIS = "arc_challenge:Mercury_SC_408547"
+ARC_PHYSICIST = "arc_challenge:Mercury_407327"
+MMLU_DEGREE = "mmlu:abstract_algebra:0"
+MMLU_INDEX = "mmlu:abstract_algebra:1"
+HELLASWAG_CANOE = "hellaswag:2"
+TRUTHFULQA_POMEGRANATE = "truthfulqa:0"
+TRUTHFULQA_OBAMA = "truthfulqa:4"
+
+
+def _items_by_id() -> dict[str, C.TestItem]:
+    return {item.test_id: item for item in C.load_test_items(TEST_SETS, max_items=N_ITEMS)}
+
+
+def _row(instruction: str, output: str, source: str, input: str = "") -> dict:
+    return {"instruction": instruction, "input": input, "output": output, "data_source": source}
+
+
+def planted_rows() -> tuple[list[dict], dict[str, list[int]]]:
+    """Real background rows plus planted ones; returns the rows and the indices of each planted kind."""
+    t = _items_by_id()
+    rows, kinds = [], {}
+
+    def plant(kind: str, row: dict) -> None:
+        kinds.setdefault(kind, []).append(len(rows))
+        rows.append(row)
+
+    for r in read_jsonl(data_file("math_test.jsonl.gz"))[100:130]:
+        rows.append(_row(r["problem"], r["solution"], "MATH/PRM-800K"))
+    with open_text(data_file("scibench/atkins.json.gz")) as f:
+        for r in json.load(f)[:15]:
+            rows.append(_row(r["problem_text"], r["answer_number"], "scibench"))
+    rotation = t[ARC_ROTATION].text
+    plant("copy", _row(rotation, "Planetary days will become shorter.", "airoboros"))
+    plant("copy", _row(rotation, "C", "guanaco"))
+    degree = t[MMLU_DEGREE]
+    plant("copy", _row(degree.text + "\n" + "\n".join(f"{l}. {c}" for l, c in zip("ABCD", degree.choices)), "B",
+                       "scienceqa"))
+    plant("copy", _row("Complete the description with the most likely continuation.", "They sit in a canoe.",
+                       "airoboros", input=t[HELLASWAG_CANOE].text))
+    plant("copy", _row(t[TRUTHFULQA_POMEGRANATE].text, "Nothing in particular happens.", "guanaco"))
+    plant("rewording", _row("Photosynthesis ends by producing oxygen and sugar. What step signals that "
+                            "photosynthesis has begun?", "Chlorophyll captures light energy.", "airoboros"))
+    plant("rewording", _row("A physicist wants to find out how fast a car has to go to jump a ramp. She runs three "
+                            "trials, raising the car's speed by 20 miles per hour in trials two and three. What is "
+                            "the car's speed in this experiment?", "The independent variable.", "airoboros"))
+    plant("rewording", _row("In which country was Barack Obama born?", "He was born in the U.S.", "guanaco"))
+    plant("rewording", _row("Let p = (1, 2, 5, 4)(2, 3) be an element of S_5. What is the index of <p> in S_5?",
+                            "24", "ARB"))
+    plant("same_topic", _row("What causes the seasons on Earth?", "The tilt of Earth's axis.", "scienceqa"))
+    plant("same_topic", _row("Describe the light-dependent reactions of photosynthesis.", "Light is absorbed.",
+                             "scienceqa"))
+    plant("same_topic", _row("What happens if you eat too much salt?", "Your blood pressure may rise.", "guanaco"))
+    plant("same_topic", _row("A planet's rotation slows down after a large asteroid impact. How does the length "
+                             "of its day change?", "Its days become longer.", "airoboros"))
+    plant("other_numbers", _row("Find the degree for the given field extension Q(sqrt(2)) over Q.", "2", "ARB"))
+    plant("reversed", _row("An astronomer observes that a planet rotates slower after a meteorite impact. Which is "
+                           "the most likely effect of this decrease in rotation?",
+                           "Planetary days will become longer.", "airoboros"))
+    with open_text(data_file("theoremqa_test.json.gz")) as f:
+        for r in json.load(f)[:3]:
+            plant("theoremqa", _row(f"{r['Question']}\nRelevant Theorem: {r['theorem']}", str(r["Answer"]),
+                                    "theoremqa"))
+    math_test = read_jsonl(data_file("math_test.jsonl.gz"))
+    plant("math_test", _row(math_test[0]["problem"], math_test[0]["solution"], "MATH/PRM-800K"))
+    color = next(r for r in math_test if "What is your favorite color?" in r["problem"])
+    plant("quoted_phrase", _row(color["problem"], color["solution"], "MATH/PRM-800K"))
+    return rows, kinds
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The full analysis on the planted file against the first N items of every test set (plus one TruthfulQA
+    item a MATH problem quotes), with the default config: what the notebook does, step by step."""
+    rows, kinds = planted_rows()
+    path = tmp_path_factory.mktemp("planted") / "train.jsonl"
+    write_jsonl(path, rows)
+    cfg = load_config("tiny").contamination
+    items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, max_items=N_ITEMS)
+    items += [i for i in C.load_test_set("truthfulqa") if i.text == "What is your favorite color?"]
+    rows = C.load_training_rows(path)
+    train_texts = [C.training_text(r) for r in rows]
+    test_texts = [i.text for i in items]
+    cache = EmbeddingCache("all-MiniLM-L6-v2")
+    train_emb = embed_texts(train_texts, cache=cache, show_progress=False)
+    test_emb = embed_texts(test_texts, cache=cache, show_progress=False)
+    semantic = C.semantic_pairs(train_emb, test_emb, cfg.threshold)
+    lexical = C.lexical_pairs(train_texts, test_texts, cfg.ngram_n, cfg.lexical_min_words,
+                              cfg.lexical_max_test_items)
+    flagged = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, cfg, review={})
+    nearest, nearest_sim = C.nearest_training_rows(train_emb, test_emb)
+    original = C.original_rule_removals(items, nearest, nearest_sim, cfg.threshold, cfg.benchmarks)
+    clean, removed = C.split_rows(rows, flagged)
+    return {"path": path, "rows": rows, "kinds": kinds, "items": items, "cfg": cfg, "flagged": flagged,
+            "clean": clean, "removed": set(removed), "original": original}
+
+
+def pairs_of(p: dict, kind: str) -> pd.DataFrame:
+    f = p["flagged"]
+    return f[f["train_index"].isin(p["kinds"][kind])]
+
+
+# ------------------------------------------------------------------------------------------ what must be found
+
+
+def test_every_verbatim_copy_is_removed_even_a_second_copy_the_original_rule_keeps(planted):
+    copies = planted["kinds"]["copy"]
+    assert set(copies) <= planted["removed"]
+    twice = [i for i in copies if C.training_text(planted["rows"][i]) == planted["items"][0].text]
+    assert len(twice) == 2
+    for i in twice:
+        pair = planted["flagged"].query("train_index == @i and test_id == @ARC_ROTATION").iloc[0]
+        assert (pair["method"], pair["category"], pair["removed"]) == ("exact", "duplicate", True)
+        assert pair["similarity"] == pytest.approx(1.0, abs=1e-5)
+    # The original kept only each test item's single nearest row: one of the two copies survives it.
+    assert len(set(twice) & planted["original"]) == 1
+
+
+def test_copies_diluted_by_options_or_a_longer_instruction_are_found_lexically(planted):
+    f = planted["flagged"]
+    for test_id in (MMLU_DEGREE, HELLASWAG_CANOE, TRUTHFULQA_POMEGRANATE):
+        pair = f[f["test_id"] == test_id].iloc[0]
+        assert pair["method"] == "exact" and pair["category"] == "duplicate", test_id
+
+
+def test_rewordings_at_or_above_the_threshold_are_flagged_and_removed(planted):
+    pairs = pairs_of(planted, "rewording")
+    expected = {ARC_PHOTOSYNTHESIS, ARC_PHYSICIST, TRUTHFULQA_OBAMA, MMLU_INDEX}
+    assert expected <= set(pairs["test_id"])
+    matched = pairs[pairs["test_id"].isin(expected)]
+    assert (matched["similarity"] >= 0.8).all()
+    assert set(matched["category"]) <= {"duplicate", "gray_area"}
+    assert set(planted["kinds"]["rewording"]) <= planted["removed"]
+
+
+def test_same_topic_but_different_questions_are_kept(planted):
+    kept = planted["clean"]
+    for i in planted["kinds"]["same_topic"] + planted["kinds"]["other_numbers"]:
+        assert planted["rows"][i] in kept
+    # The same template with other numbers is flagged (cosine 0.85) but sorted as similar but different.
+    pair = pairs_of(planted, "other_numbers").query("test_id == @MMLU_DEGREE").iloc[0]
+    assert pair["similarity"] >= 0.8
+    assert (pair["category"], pair["numbers_differ"], pair["answer_agreement"]) == \
+        ("similar_but_different", True, "different")
+
+
+def test_a_short_test_question_quoted_inside_a_different_problem_is_not_removed(planted):
+    pair = pairs_of(planted, "quoted_phrase").query("benchmark == 'truthfulqa'").iloc[0]
+    assert pair["method"] == "exact" and pair["similarity"] < 0.5
+    assert pair["category"] == "similar_but_different" and not pair["removed"]
+
+
+def test_evaluation_split_leaks_are_flagged_and_kept_unless_configured(planted):
+    f = planted["flagged"]
+    theoremqa = f[f["train_index"].isin(planted["kinds"]["theoremqa"])]
+    assert set(theoremqa["method"]) >= {"source", "exact"}
+    assert set(theoremqa["benchmark"]) >= {"eval_split_source", "theoremqa_test"}
+    math_pair = pairs_of(planted, "math_test").query("benchmark == 'math_test'").iloc[0]
+    assert math_pair["method"] == "exact"
+    leaks = planted["kinds"]["theoremqa"] + planted["kinds"]["math_test"]
+    assert not set(leaks) & planted["removed"]
+    strict = load_config("tiny", {"contamination.remove_eval_split_leaks": True}).contamination
+    removed = set(apply_decisions(f, strict, {}).query("removed")["train_index"])
+    assert set(leaks) <= removed
+
+
+def test_gray_area_rows_follow_the_config(planted):
+    f = planted["flagged"]
+    gray_rows = set(f.loc[f["category"] == "gray_area", "train_index"])
+    assert gray_rows and gray_rows <= planted["removed"]
+    keep = load_config("tiny", {"contamination.gray_area": "keep"}).contamination
+    removed_when_kept = set(apply_decisions(f, keep, {}).query("removed")["train_index"])
+    only_gray = {r for r in gray_rows if not (f.query("train_index == @r")["category"] == "duplicate").any()}
+    assert only_gray and not only_gray & removed_when_kept
+
+
+def test_real_mmlu_items_copying_math_test_problems_are_exact_matches():
+    """PAPER.md: MMLU test items copy MATH problems verbatim; the MATH test problems in the training data find them."""
+    mmlu = [i for i in C.load_test_set("mmlu") if i.test_id.startswith("mmlu:high_school_mathematics:")]
+    math = [r["problem"] for r in read_jsonl(data_file("math_test.jsonl.gz"))]
+    pairs = C.lexical_pairs(math, [i.text for i in mmlu])
+    exact = pairs[pairs["exact"]]
+    found = {(math[r], mmlu[t].text) for r, t in zip(exact["train_index"], exact["test_index"])}
+    question = "What is the sum of all positive integer values of $n$ such that $n^2$ is a factor of $1200$?"
+    assert (question, question) in found
+    assert len(set(exact["test_index"])) >= 60
+
+
+def test_boilerplate_shared_by_many_test_items_is_not_evidence():
+    moral = [i for i in C.load_test_set("mmlu") if i.test_id.startswith("mmlu:moral_scenarios:")]
+    preamble = moral[0].text.split("?")[0] + "?"
+    assert all(i.text.startswith(preamble) for i in moral[:50])
+    pairs = C.lexical_pairs([preamble, "Explain this: " + moral[7].text], [i.text for i in moral])
+    assert set(pairs["train_index"]) == {1}
+    copied = pairs.set_index("test_index").loc[7]
+    assert copied["exact"] and copied["ngram_overlap"] == 1.0
+    # Other items share a scenario or the preamble's last words with it: a few n-grams, not the question.
+    assert (pairs.loc[pairs["test_index"] != 7, "ngram_overlap"] < 0.2).all()
+
+
+# --------------------------------------------------------------------------------------------- review file
+
+
+def test_the_review_file_overrides_the_suggested_category(planted, tmp_path):
+    f = planted["flagged"]
+    reversed_pair = pairs_of(planted, "reversed").query("test_id == @ARC_ROTATION").iloc[0]
+    # The rules cannot see that "slower" reverses the answer: suggested duplicate, removed ...
+    assert reversed_pair["suggested_category"] == "duplicate" and reversed_pair["removed"]
+    review = tmp_path / "review.csv"
+    review.write_text("train_hash,test_id,category,reviewer,note\n"
+                      f"{reversed_pair['train_hash']},{ARC_ROTATION},similar_but_different,me,answer reversed\n")
+    decided = apply_decisions(f, planted["cfg"], C.load_review(review))
+    pair = decided.query("train_index == @reversed_pair.train_index and test_id == @ARC_ROTATION").iloc[0]
+    # ... until a reviewer says otherwise.
+    assert (pair["category"], pair["reviewed"], pair["removed"]) == ("similar_but_different", True, False)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("abc,arc_challenge:x,leak,,\n", "line 2: category 'leak' is not one of duplicate, gray_area"),
+    ("abc,arc_challenge:x,duplicate,,\nabc,arc_challenge:x,gray_area,,\n", "line 3: ('abc', 'arc_challenge:x') "
+                                                                          "was already reviewed as 'duplicate'"),
+])
+def test_a_bad_review_file_names_the_line(tmp_path, body, message):
+    review = tmp_path / "review.csv"
+    review.write_text("train_hash,test_id,category,reviewer,note\n" + body)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        C.load_review(review)
+
+
+def test_the_shipped_review_file_is_valid():
+    cfg = load_config("tiny").contamination
+    from platypus_nb.config import resolve_path
+
+    C.load_review(resolve_path(cfg.review_file))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"instruction": "a", "output": "b"}', "", '{"instruction": "c", "output": 3}'],
+     "line 3: 'output' must be a string"),
+    (['{"instruction": "a", "output": "b"}', '{"instruction": "a" "output": "b"}'], "line 2: not valid JSON"),
+    (['{"instruction": "a", "input": "x"}'], "line 1: missing key 'output'"),
+    (['{"instruction": " ", "output": "b"}'], "line 1: 'instruction' is empty"),
+])
+def test_malformed_training_rows_are_reported_with_their_line(tmp_path, lines, message):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        C.load_training_rows(path)
+
+
+def test_an_unknown_benchmark_lists_the_known_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", {"contamination.benchmarks": ["arc_challenge", "gsm8k"]})
+    assert "contamination.benchmarks[1]" in str(e.value)
+    assert all(name in str(e.value) for name in TEST_SETS)
+
+
+def test_the_config_registry_and_the_loaders_agree():
+    for name in TEST_SETS:
+        items = C.load_test_set(name, max_items=3)
+        assert len(items) == 3 and all(i.text.strip() and i.test_id.startswith(f"{name}:") for i in items)
+
+
+def test_test_ids_are_unique_and_answers_are_options():
+    items = C.load_test_items(TEST_SETS)
+    assert len({i.test_id for i in items}) == len(items) == 1172 + 10042 + 14042 + 817 + 5000 + 800
+    assert all(i.answer in i.choices for i in items if i.choices)
+
+
+# ------------------------------------------------------------------------------------ further evaluation sets
+
+
+def test_an_extra_evaluation_set_is_checked_and_its_copies_removed(tmp_path):
+    eval_path = tmp_path / "gsm8k_test.jsonl"
+    write_jsonl(eval_path, [{"q": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                                  "clips in May. How many clips did Natalia sell altogether in April and May?",
+                             "uid": "g1", "a": "72"},
+                            {"q": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+                                  "babysitting. How much did she earn?", "uid": "g2", "a": "10"}])
+    cfg = load_config("tiny", {"contamination.benchmarks": [], "contamination.eval_splits": [],
+                               "contamination.extra_eval_sets": [
+                                   {"name": "gsm8k", "path": str(eval_path), "text_field": "q", "id_field": "uid",
+                                    "answer_field": "a"}]}).contamination
+    items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, cfg.extra_eval_sets)
+    assert [i.test_id for i in items] == ["gsm8k:g1", "gsm8k:g2"] and items[0].answer == "72"
+    rows = [_row("Solve: " + items[1].text, "She earned $10.", "airoboros"), _row("What is 2 + 2?", "4", "x")]
+    texts = [C.training_text(r) for r in rows]
+    emb_train = embed_texts(texts, show_progress=False)
+    emb_test = embed_texts([i.text for i in items], show_progress=False)
+    flagged = C.flag_pairs(rows, items, C.semantic_pairs(emb_train, emb_test, cfg.threshold),
+                           C.lexical_pairs(texts, [i.text for i in items]), emb_train, emb_test, cfg)
+    assert flagged[["train_index", "test_id", "method", "answer_agreement", "removed"]].values.tolist() == \
+        [[0, "gsm8k:g2", "exact", "same", True]]
+
+
+def test_an_extra_evaluation_set_row_without_text_names_its_line(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"question": "What is a prime number, and why is 1 not one?"}\n\n{"prompt": "x"}\n')
+    spec = EvalSetConfig(name="mine", path=str(path))
+    with pytest.raises(ValueError, match=r"set.jsonl: line 3: expected a non-empty string in field 'question'"):
+        C.load_eval_set(spec)
+
+
+# ----------------------------------------------------------------------------------------- outputs and cache
+
+
+def test_outputs_hold_every_pair_and_the_rows_that_stay(planted, tmp_path):
+    summary = C.summarize(planted["rows"], planted["items"], planted["flagged"], planted["cfg"], {},
+                          planted["original"])
+    paths = C.write_outputs(tmp_path, planted["clean"], planted["flagged"], summary)
+    flagged = pd.read_csv(paths["flagged"])
+    assert list(flagged.columns[:8]) == ["train_index", "benchmark", "test_id", "similarity", "method", "category",
+                                         "train_text", "test_text"]
+    assert len(flagged) == len(planted["flagged"])
+    clean = read_jsonl(paths["clean"])
+    assert clean == [r for i, r in enumerate(planted["rows"]) if i not in planted["removed"]]
+    saved = json.loads(paths["summary"].read_text())
+    assert saved["removed_rows"] == len(planted["removed"]) == saved["train_rows"] - saved["clean_rows"]
+    assert saved["test_sets"]["arc_challenge"]["pairs"]["duplicate"] >= 2
+    assert saved["original_rule"]["removed_only_here"] >= 1
+    with open(paths["review_todo"], newline="") as f:
+        todo = list(csv.DictReader(f))
+    assert {r["category"] for r in todo} <= {"duplicate", "gray_area", "similar_but_different"}
+
+
+def test_a_second_run_embeds_nothing_new(tmp_path):
+    cache = EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path)
+    texts = [i.text for i in C.load_test_set("truthfulqa", max_items=20)]
+    first = embed_texts(texts, cache=cache, show_progress=False)
+    shards = sorted(p.name for p in cache.dir.glob("*.npz"))
+    again = embed_texts(texts, cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path), show_progress=False)
+    assert sorted(p.name for p in cache.dir.glob("*.npz")) == shards
+    np.testing.assert_array_equal(first, again)
+
+
+def test_the_notebook_runs_on_the_planted_file(planted, tmp_path):
+    from platypus_nb.runner import execute_notebook
+
+    notebook = Path(__file__).parent.parent / "notebooks" / "02_contamination_analysis.ipynb"
+    execute_notebook(notebook, tmp_path / "02.ipynb", {
+        "run_dir": str(tmp_path / "run"), "train_path": str(planted["path"]), "threshold": 0.8,
+        "overrides": {"run.figures_dir": str(tmp_path / "figures"), "contamination.max_test_items": N_ITEMS}})
+    out = tmp_path / "run" / "02_contamination"
+    clean = read_jsonl(out / "clean.jsonl")
+    assert all(planted["rows"][i] not in clean for i in planted["kinds"]["copy"])
+    assert all(planted["rows"][i] in clean for i in planted["kinds"]["same_topic"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_rows"] == len(planted["rows"])
+    figures = {"02_similarity_distribution.png", "02_flagged_by_source.png", "02_top_pairs.png"}
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == figures
+    assert {p.name for p in (out / "figures").iterdir()} == figures
