@@ -11,8 +11,8 @@ Same model (SmolLM2-135M, fp32 by default, LoRA r=16 on the MLP, loaded by the s
 order per step, same hyperparameters, same loss (``loss_weighting: token``, the mean over a global batch's target
 tokens, which is what HF Trainer >= 4.46 optimises), no warm-up (so that every step after the first has updated the
 adapter and the loss comparison means something). Every variant runs ``--steps`` optimizer steps from the same
-initialisation, ``--rounds`` times, interleaved (baseline, ours, ours-unpacked, baseline, ...) so that a change in
-the machine's load hits every variant alike; the first step of each block is a warm-up and is not timed.
+initialisation, ``--rounds`` times, interleaved and in a rotated order each round (baseline, ours, ours-unpacked; ours, ours-unpacked, baseline; ...)
+so that a change in the machine's load hits every variant alike; the first step of each block is a warm-up and is not timed.
 
 MFU: model FLOPs (``platypus_nb.finetune.model.training_flops_per_token``: forward + input-gradient backward of
 the frozen base, full backward of LoRA, attention, the LM head on target tokens; padding is not counted) per second,
@@ -151,7 +151,7 @@ def run_hf_trainer(rows: list[dict], cfg: FinetuneConfig, model_name: str, steps
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per block (the first is a warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per block (the first is not timed)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--global-batch", type=int, default=4)
     p.add_argument("--cutoff", type=int, default=2048,
@@ -181,8 +181,10 @@ def main() -> None:
     peak = matmul_peak_flops(compute_dtype)
     measured: dict[str, list[list[dict]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for name, (kind, cfg) in variants.items():
+        names = list(variants)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no variant always runs last
+                kind, cfg = variants[name]
                 run = run_hf_trainer if kind == "hf" else run_ours
                 measured[name].append(run(rows, cfg, model, args.steps, Path(tmp)))
                 print(f"{name}: {[round(s['seconds'], 1) for s in measured[name][-1]]} s/step", flush=True)

@@ -309,10 +309,12 @@ class PartnerConfig:
     model: Optional[str] = None
     revision: Optional[str] = None
     # Stand-in build: vendored sources pooled (see platypus_nb.merge.partners.PARTNER_DATA), at most build_rows
-    # rows, build_steps optimizer steps, sequences cut at build_cutoff_len tokens.
+    # rows, build_steps optimizer steps of build_batch_size rows, sequences cut at build_cutoff_len tokens; the
+    # rest of the recipe is the finetune section's.
     build_data: list[Literal["arc_easy", "openbookqa", "sciq", "mmlu_medical"]] = field(default_factory=list)
     build_rows: int = 200
     build_steps: int = 30
+    build_batch_size: int = 4
     build_cutoff_len: int = 256
     # The merged model's folder/name (default "<name>-platypus") and the paper's name for it.
     merge_name: str = ""
@@ -325,6 +327,7 @@ class PartnerConfig:
                   "exactly one of model (a Hub id or folder) and build_data (to build a stand-in partner)")
         v.require(self.build_rows > 0, "build_rows", "a positive integer")
         v.require(self.build_steps > 0, "build_steps", "a positive integer")
+        v.require(self.build_batch_size > 0, "build_batch_size", "a positive integer")
         v.require(self.build_cutoff_len > 0, "build_cutoff_len", "a positive integer")
 
     @property

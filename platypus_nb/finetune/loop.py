@@ -128,6 +128,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         batches = [collate(group, examples, weights, cfg.packing, pad_id) for group in groups]
         sums = _accumulate_gradients(accelerator, model, batches, world)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)  # None: DeepSpeed clips
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses (0 on the first warm-up step, as in HF Trainer)
         optimizer.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16 loss scaling skipped an overflowing step
             scheduler.step()
@@ -136,7 +137,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         state["train_seconds"] += seconds
         state["log"].append({"step": step + 1, "loss": totals[0], "token_loss": totals[1] / totals[2],
-                             "lr": scheduler.get_last_lr()[0],
+                             "lr": lr,
                              "grad_norm": None if grad_norm is None else float(grad_norm),
                              "target_tokens": int(totals[2]), "tokens": int(totals[3]),
                              "forwards_per_process": len(groups), "seconds": seconds})

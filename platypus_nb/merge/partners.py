@@ -131,7 +131,7 @@ def local_model_dir(name_or_path: str, revision: Optional[str] = None) -> Path:
     Safetensors are preferred; a repository with only PyTorch ``.bin`` weights (several 2023 Llama-2 fine-tunes)
     is fetched with them and converted by :func:`safetensors_copy_of_bin_model`.
     """
-    local = Path(resolve_model(name_or_path))
+    local = Path(resolve_model(name_or_path)).expanduser()
     if local.is_dir():
         return local
     from huggingface_hub import snapshot_download
@@ -190,7 +190,7 @@ def partner_build_key(spec: PartnerConfig, base_dir: Path, finetune: FinetuneCon
                       rows: list[dict[str, str]]) -> str:
     """What a built partner depends on: base weights, its rows, the fine-tuning recipe and the seed."""
     spec_fields = {"build_data": spec.build_data, "build_rows": spec.build_rows, "build_steps": spec.build_steps,
-                   "build_cutoff_len": spec.build_cutoff_len}
+                   "build_batch_size": spec.build_batch_size, "build_cutoff_len": spec.build_cutoff_len}
     payload = {"base": folder_hashes(base_dir, weight_shards(base_dir)), "spec": spec_fields,
                "rows": sha256_text(json.dumps(rows, sort_keys=True)), "finetune": dataclasses.asdict(finetune),
                "seed": seed}
@@ -201,16 +201,19 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
                   trust_remote_code: bool = False, cache_root: Optional[Path] = None) -> Partner:
     """Fine-tune a stand-in partner from the base (LoRA, step 03's recipe, ``build_steps`` steps) and merge it.
 
-    The partner's fine-tuning config is the run's ``finetune`` section with ``cutoff_len`` set to the partner's
-    ``build_cutoff_len``: same rank and targets as the Platypus adapter, so the two can also be combined with TIES
-    or DARE (which need adapters of one rank). The build is complete when ``partner.json`` exists; an interrupted
-    build resumes (train_lora resumes from its checkpoints, a finished adapter is not retrained).
+    The partner's fine-tuning config is the run's ``finetune`` section with the partner's cutoff, batch size (one
+    micro-batch per step, one process) and steps: same rank and targets as the Platypus adapter, so the two can
+    also be combined with TIES or DARE (which need adapters of one rank). The build is complete when
+    ``partner.json`` exists; an interrupted build resumes (train_lora resumes from its checkpoints, a finished
+    adapter is not retrained).
     """
     from platypus_nb.finetune import train_lora
 
-    base_dir = Path(resolve_model(base_model))
+    base_dir = local_model_dir(base_model)
     rows = partner_training_rows(spec, seed)
-    recipe = dataclasses.replace(finetune, cutoff_len=spec.build_cutoff_len, max_steps=spec.build_steps)
+    recipe = dataclasses.replace(finetune, cutoff_len=spec.build_cutoff_len, max_steps=spec.build_steps,
+                                 global_batch_size=spec.build_batch_size, micro_batch_size=spec.build_batch_size,
+                                 world_size=1)
     key = partner_build_key(spec, base_dir, recipe, seed, rows)
     folder = (cache_root or cache_dir() / "partners") / f"{spec.name}-{key}"
     cached = (folder / PARTNER_RECORD).is_file()
