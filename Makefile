@@ -36,5 +36,10 @@ test: install
 lab: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=notebooks
 
+# A screenshot of the executed notebook 06 in JupyterLab (headless Debian Chromium, installed here if missing).
+screenshot: install
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/screenshot_lab.py
+
 clean-runs:
 	rm -rf runs/

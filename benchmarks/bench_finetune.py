@@ -157,9 +157,13 @@ def main() -> None:
     p.add_argument("--cutoff", type=int, default=2048,
                    help="longer than every row (as the paper's 4096 is for most Open-Platypus rows)")
     p.add_argument("--model", default=DEFAULT_BASE_MODEL, help="a Llama-family model folder (default: SmolLM2-135M)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core); 1 is steadier on a shared machine")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "nf4"],
                    help="base precision for every variant (bf16 / nf4 are meant for a GPU)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = args.model
     base = FinetuneConfig(precision=args.precision, cutoff_len=args.cutoff, global_batch_size=args.global_batch,
