@@ -40,7 +40,7 @@ import pandas as pd
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import EVAL_TASKS, Config, EvaluateConfig, resolve_path
-from platypus_nb.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 ROLES = ("base", "platypus", "partner", "merge")
@@ -451,14 +451,7 @@ def write_summary(results: list[dict[str, Any]], target: Path) -> Path:
 
 def read_summary(path: str | Path) -> pd.DataFrame:
     """Step 05's summary.csv, checked; what step 06 reads."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebooks/05_evaluate.ipynb for this run first")
-    summary = pd.read_csv(path)
-    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(SUMMARY_COLUMNS)})")
-    return summary
+    return read_csv_checked(path, SUMMARY_COLUMNS, "run notebooks/05_evaluate.ipynb for this run first")
 
 
 def scores_wide(summary: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.evaluate import TASKS
+from platypus_nb.io import read_csv_checked
 from platypus_nb.paths import DATA_DIR
 
 PAPER_DIR = DATA_DIR / "paper"
@@ -50,13 +51,7 @@ def read_quoted_deltas(path: Path = PAPER_DIR / "quoted_deltas.csv") -> pd.DataF
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing (vendored with the repository; see data/paper/README.md)")
-    table = pd.read_csv(path)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(columns)})")
-    return table
+    return read_csv_checked(path, columns, "it is vendored with the repository; see data/paper/README.md")
 
 
 # ------------------------------------------------------------------------------------------------ deltas

@@ -79,3 +79,12 @@ def test_every_vendored_file_is_checksummed_and_documented():
     for name, entry in assets.data_checksums().items():
         assets.data_file(name)
         assert f"`{name}`" in readme and entry["licence"] and entry["origin"]
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    from platypus_nb.io import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -313,6 +313,17 @@ def test_bin_checkpoints_are_converted_shard_by_shard(tiny_llama_dir, tmp_path):
     assert (out / "config.json").is_file() and not list(out.glob("*.bin"))
 
 
+def test_paper_partners_are_local_folders_or_hub_ids_and_an_unreachable_one_is_named(tiny_llama_dir, tmp_path):
+    from platypus_nb.config import PartnerConfig
+    from platypus_nb.merge import fetch_partner
+
+    local = fetch_partner(PartnerConfig(name="local-partner", model=str(tiny_llama_dir)), tmp_path)
+    assert (local.source, local.model_dir, local.adapter_dir) == ("local", tiny_llama_dir, None)
+    with pytest.raises(MergeInputError, match=r"'no-such-org/no-such-model' is neither a local folder nor "
+                                              r"downloadable"):
+        fetch_partner(PartnerConfig(name="hub-partner", model="no-such-org/no-such-model"), tmp_path)
+
+
 def test_stand_in_partners_train_on_real_vendored_data():
     cfg = load_config("tiny")
     general, medical = cfg.merge.partners

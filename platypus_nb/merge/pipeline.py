@@ -35,8 +35,10 @@ def base_model_dir(cfg: Config) -> Path:
 
 def merge_platypus(cfg: Config, adapter_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Platypus2 itself: the adapter merged into the base it was trained on (merge.py with the base as target)."""
-    return merge_lora_into(base_model_dir(cfg), adapter_dir, out_dir / PLATYPUS, dtype=cfg.merge.dtype,
-                           notes={"model": PLATYPUS, "stands_in_for": cfg.merge.platypus_stands_in_for})
+    report = merge_lora_into(base_model_dir(cfg), adapter_dir, out_dir / PLATYPUS, dtype=cfg.merge.dtype,
+                             notes={"model": PLATYPUS, "stands_in_for": cfg.merge.platypus_stands_in_for})
+    report["method"] = "linear"
+    return report
 
 
 def prepare_partners(cfg: Config, cache_root: Path | None = None) -> list[Partner]:
@@ -101,7 +103,8 @@ def partner_report(partner: Partner) -> dict[str, Any]:
     """merge_report.json's entry for a partner: how its full model came to be."""
     if partner.report is None:
         return {"output": str(partner.model_dir), "source": partner.source, "method": "downloaded"}
-    return {**partner.report, "source": partner.source, "reused_from_cache": partner.cached}
+    return {**partner.report, "method": "stand-in: base + its own LoRA adapter (linear)", "source": partner.source,
+            "reused_from_cache": partner.cached}
 
 
 def write_outputs(out_dir: Path, models: list[dict[str, Any]], reports: dict[str, dict[str, Any]]) -> None:
