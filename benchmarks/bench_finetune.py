@@ -14,10 +14,17 @@ adapter and the loss comparison means something). Every variant runs ``--steps``
 initialisation, ``--rounds`` times, interleaved and in a rotated order each round (baseline, ours, ours-unpacked; ours, ours-unpacked, baseline; ...)
 so that a change in the machine's load hits every variant alike; the first step of each block is a warm-up and is not timed.
 
+Time: the machine is shared, and its load swings within minutes (the same step took 12 s and 57 s in one run), so
+throughput is tokens per **CPU second** of the process, run on one thread (``--threads 1``): CPU time then counts
+the work alone, whatever else runs. Wall-clock tokens/s are reported beside it. (With two threads on an
+oversubscribed machine, OpenMP threads wait on each other and small ops ran ~17x slower, which turns any comparison
+into one of the machine's load.)
+
 MFU: model FLOPs (``platypus_nb.finetune.model.training_flops_per_token``: forward + input-gradient backward of
-the frozen base, full backward of LoRA, attention, the LM head on target tokens; padding is not counted) per second,
-divided by the peak matmul rate in the compute dtype measured on this machine in the same run (best of square
-GEMMs). On a GPU, ``--precision bf16`` and ``--precision nf4`` give the same table for a bf16 and a 4-bit base.
+the frozen base, full backward of LoRA, attention, the LM head on target tokens; padding is not counted) per CPU
+second, divided by the peak single-thread matmul rate in the compute dtype measured in the same run (best of square
+GEMMs). On a GPU, ``--precision bf16`` and ``--precision nf4`` give the same table for a bf16 and a 4-bit base
+(CPU time is then meaningless; read the wall-clock columns).
 
 Run: ``.venv/bin/python benchmarks/bench_finetune.py`` (about 25 minutes on 2 cores shared with other work). Writes
 ``benchmarks/results/finetune.json`` and prints the markdown table of ``benchmarks/README.md``'s fine-tuning section.
@@ -84,7 +91,7 @@ def matmul_peak_flops(dtype: torch.dtype, repeats: int = 5) -> float:
 def run_ours(rows: list[dict], cfg: FinetuneConfig, model: str, steps: int, work: Path) -> list[dict]:
     out = Path(tempfile.mkdtemp(dir=work))
     result = train_lora(rows, cfg, model, out, SEED, max_steps=steps)
-    return [{"seconds": r["seconds"], "tokens": r["tokens"], "target_tokens": r["target_tokens"],
+    return [{"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"], "tokens": r["tokens"], "target_tokens": r["target_tokens"],
              "token_loss": r["token_loss"], "forwards": r["forwards_per_process"]}
             for r in result.metrics["loss_per_step"]]
 
@@ -118,11 +125,13 @@ def run_hf_trainer(rows: list[dict], cfg: FinetuneConfig, model_name: str, steps
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
             trainer.loss_sum = 0.0
 
         def on_step_end(self, args, state, control, **kw):
-            trainer.steps.append({"seconds": time.perf_counter() - self.started, "token_loss": trainer.loss_sum})
+            trainer.steps.append({"seconds": time.perf_counter() - self.started,
+                                  "cpu_seconds": time.process_time() - self.cpu_started,
+                                  "token_loss": trainer.loss_sum})
 
     args = TrainingArguments(
         output_dir=str(Path(tempfile.mkdtemp(dir=work))), per_device_train_batch_size=cfg.micro_batch_size,
@@ -157,13 +166,14 @@ def main() -> None:
     p.add_argument("--cutoff", type=int, default=2048,
                    help="longer than every row (as the paper's 4096 is for most Open-Platypus rows)")
     p.add_argument("--model", default=DEFAULT_BASE_MODEL, help="a Llama-family model folder (default: SmolLM2-135M)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's, one per core); 1 is steadier on a shared machine")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: with one thread, CPU time measures the work alone, whatever "
+                        "else shares the machine; 0 keeps torch's default of one per core)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "nf4"],
                    help="base precision for every variant (bf16 / nf4 are meant for a GPU)")
     args = p.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # before any work: the thread pool is fixed at first use
 
     model = args.model
     base = FinetuneConfig(precision=args.precision, cutoff_len=args.cutoff, global_batch_size=args.global_batch,
@@ -208,19 +218,22 @@ def main() -> None:
     for name, blocks in measured.items():
         timed = [s for block in blocks for s in block[1:]]
         seconds = sum(s["seconds"] for s in timed)
+        cpu_seconds = sum(s["cpu_seconds"] for s in timed)
         tokens = sum(s["tokens"] for s in timed)
         targets = sum(s["target_tokens"] for s in timed)
         flops = tokens * per_token + targets * lm_head_flops_per_target(model_config)
         results[name] = {
-            "tokens_per_second": tokens / seconds, "seconds_per_step": seconds / len(timed),
-            "model_flops_per_second": flops / seconds, "mfu": flops / seconds / peak,
+            "tokens_per_second": tokens / seconds, "tokens_per_cpu_second": tokens / cpu_seconds,
+            "seconds_per_step": seconds / len(timed), "cpu_seconds_per_step": cpu_seconds / len(timed),
+            "model_flops_per_cpu_second": flops / cpu_seconds, "mfu": flops / cpu_seconds / peak,
             "forwards_per_step": statistics.mean(s["forwards"] for s in timed),
             "token_loss_per_step": [[round(s["token_loss"], 5) for s in block] for block in blocks],
             "step_seconds": [[round(s["seconds"], 2) for s in block] for block in blocks],
+            "step_cpu_seconds": [[round(s["cpu_seconds"], 2) for s in block] for block in blocks],
         }
     baseline = results[next(iter(results))]
     for r in results.values():
-        r["speedup"] = r["tokens_per_second"] / baseline["tokens_per_second"]
+        r["speedup"] = r["tokens_per_cpu_second"] / baseline["tokens_per_cpu_second"]
         r["max_rel_loss_diff_vs_original"] = max(
             abs(a - b) / b for ra, rb in zip(r["token_loss_per_step"], baseline["token_loss_per_step"])
             for a, b in zip(ra, rb))
@@ -245,12 +258,14 @@ def markdown_table(record: dict) -> str:
     lines = [f"Matmul peak ({record['precision']['compute_dtype']} GEMM, {record['machine']['threads']} threads): "
              f"{record['matmul_peak_flops'] / 1e9:.1f} GFLOP/s. Load average before/after: "
              f"{record['machine']['loadavg_before'][0]:.1f} / {record['machine']['loadavg_after'][0]:.1f}.", "",
-             "| variant | forwards / step | tokens/s | speed-up | model GFLOP/s | MFU | max loss diff vs original |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | forwards / step | tokens / CPU-s | speed-up | tokens / wall-s | model GFLOP / CPU-s | MFU "
+             "| max loss diff vs original |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in record["variants"].items():
-        lines.append(f"| {name} | {r['forwards_per_step']:.1f} | {r['tokens_per_second']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['model_flops_per_second'] / 1e9:.2f} | {100 * r['mfu']:.1f}% | "
-                     f"{100 * r['max_rel_loss_diff_vs_original']:.2f}% |")
+        lines.append(f"| {name} | {r['forwards_per_step']:.1f} | {r['tokens_per_cpu_second']:.1f} | "
+                     f"{r['speedup']:.2f}x | {r['tokens_per_second']:.1f} | "
+                     f"{r['model_flops_per_cpu_second'] / 1e9:.2f} | {100 * r['mfu']:.1f}% | "
+                     f"{100 * r['max_rel_loss_diff_vs_original']:.3f}% |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,6 +30,16 @@ from platypus_nb.prompts import render_prompt, response_of
 RECIPE = FinetuneConfig(precision="fp32", cutoff_len=160, global_batch_size=4, micro_batch_size=2, warmup_steps=1,
                         learning_rate=5e-3, save_steps=2, gradient_checkpointing=False)
 STEPS = 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_process():
+    """Tiny models on a shared 2-core machine: one thread per process avoids OpenMP threads waiting on each other
+    (small ops ran ~17x slower with 2 threads under load); the subprocesses get the same through OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +217,18 @@ def test_training_writes_the_adapter_metrics_and_args_and_learns(uninterrupted):
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-6", "step-8"]  # save_total_limit 2
 
 
+@pytest.mark.parametrize("precision", ["nf4", "int8"])
+def test_quantized_bases_train_on_cpu(precision, math_rows, tiny_llama_dir, tmp_path):
+    """QLoRA (4-bit NF4, double quantisation) and the original's LLM.int8 base, with the real bitsandbytes."""
+    cfg = dataclasses.replace(RECIPE, precision=precision, bnb_4bit_compute_dtype="bfloat16", save_steps=100)
+    result = train_lora(math_rows, cfg, str(tiny_llama_dir), tmp_path, seed=1, max_steps=2)
+    args = json.loads((tmp_path / "train_args.json").read_text())
+    assert args["effective_precision"]["quantization"] == precision
+    assert args["effective_precision"]["compute_dtype"] == "float32"  # no CUDA: 16-bit compute runs as fp32
+    assert result.metrics["steps"] == 2 and all(math.isfinite(x) for x in _losses(result.metrics))
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(math_rows, tiny_llama_dir, tmp_path, uninterrupted):
     """Kill -9 a training process after its first checkpoint; the re-run continues and ends like an
     uninterrupted run (same steps, same losses: optimizer, scheduler and dropout RNG were restored)."""
@@ -216,7 +239,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(math_rows, tiny_llama_dir
               f"train_lora({str(rows)!r}, FinetuneConfig(**{dataclasses.asdict(RECIPE)!r}), "
               f"{str(tiny_llama_dir)!r}, {str(out)!r}, 3, max_steps={STEPS})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         while not list_checkpoints(out / "checkpoints") and proc.poll() is None:
             time.sleep(0.02)
@@ -254,12 +277,14 @@ def test_two_processes_follow_the_one_process_loss_curve(math_rows, tiny_llama_d
 
 
 @pytest.mark.slow
-def test_notebook_trains_on_the_contamination_steps_output(math_rows, tiny_llama_dir, tmp_path, figures_override):
+def test_notebook_trains_on_the_contamination_steps_output(math_rows, tiny_llama_dir, tmp_path, figures_override,
+                                                          monkeypatch):
     """Notebook 03 headless: reads 02's clean.jsonl, trains, plots, and compares 3 held-in + 3 held-out answers."""
     from platypus_nb.io import write_jsonl
     from platypus_nb.paths import NOTEBOOKS_DIR
     from platypus_nb.runner import execute_notebook
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the notebook's kernel process
     run = tmp_path / "run"
     write_jsonl(run / "02_contamination" / "clean.jsonl", [{**r, "data_source": "MATH"} for r in math_rows])
     overrides = {**figures_override, "model.base": str(tiny_llama_dir), "finetune.cutoff_len": 160,

@@ -132,18 +132,14 @@ def summarize(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], flagged
     """Counts for summary.json: per test set and category, rows removed, per data_source, against the original."""
     removed_rows = set(flagged.loc[flagged["removed"], "train_index"])
     sets = list(dict.fromkeys(item.test_set for item in items))
-    pairs = {s: {c: int(((flagged["benchmark"] == s) & (flagged["category"] == c)).sum())
-                 for c in CONTAMINATION_CATEGORIES} for s in [*sets, "eval_split_source"]}
-    per_set = {s: {"test_items": sum(item.test_set == s for item in items),
-                   "pairs": pairs[s],
-                   "rows_flagged": int(flagged.loc[flagged["benchmark"] == s, "train_index"].nunique()),
-                   "rows_removed": int(flagged.loc[(flagged["benchmark"] == s) & flagged["removed"],
-                                                   "train_index"].nunique()),
-                   "eval_split": s in cfg.eval_splits}
-               for s in sets}
-    per_set["eval_split_source"] = {"pairs": pairs["eval_split_source"],
-                                    "rows_flagged": int((flagged["benchmark"] == "eval_split_source").sum()),
-                                    "eval_split": True}
+    per_set = {}
+    for name in [*sets, "eval_split_source"]:
+        of_set = flagged[flagged["benchmark"] == name]
+        per_set[name] = {"test_items": sum(item.test_set == name for item in items),
+                         "pairs": {c: int((of_set["category"] == c).sum()) for c in CONTAMINATION_CATEGORIES},
+                         "rows_flagged": int(of_set["train_index"].nunique()),
+                         "rows_removed": int(of_set.loc[of_set["removed"], "train_index"].nunique()),
+                         "eval_split": name in cfg.eval_splits or name == "eval_split_source"}
     sources = [data_source_of(r) for r in rows]
     by_source = {}
     for src in sorted(set(sources)):

@@ -75,7 +75,7 @@ def top_pairs(flagged: pd.DataFrame, benchmarks: Sequence[str], k: int = 12) -> 
                   "test_text"]].reset_index(drop=True)
 
 
-def top_pairs_table(flagged: pd.DataFrame, benchmarks: Sequence[str], k: int = 12, width: int = 60):
+def top_pairs_table(flagged: pd.DataFrame, benchmarks: Sequence[str], k: int = 12, width: int = 90):
     """The top pairs as a figure (texts shortened), so the table also lands in figures/."""
     table = top_pairs(flagged, benchmarks, k)
     cells = [[row.benchmark, f"{row.similarity:.3f}", row.method, row.category,

@@ -122,7 +122,7 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     model.train()
     bar = tqdm(total=n_steps, initial=state["step"], desc="fine-tune", disable=not accelerator.is_main_process)
     for step in range(state["step"], n_steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         weights = token_weights(plan[step], examples, cfg.loss_weighting)
         groups = micro_batches(rank_share(plan[step], examples, rank, world), examples, cfg)
         batches = [collate(group, examples, weights, cfg.packing, pad_id) for group in groups]
@@ -140,7 +140,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
                              "lr": lr,
                              "grad_norm": None if grad_norm is None else float(grad_norm),
                              "target_tokens": int(totals[2]), "tokens": int(totals[3]),
-                             "forwards_per_process": len(groups), "seconds": seconds})
+                             "forwards_per_process": len(groups), "seconds": seconds,
+                             "cpu_seconds": time.process_time() - cpu_started})
         state["step"] = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{totals[0]:.3f}")
