@@ -3,31 +3,31 @@
 Baseline (alpaca-lora style, as the original): HF ``Trainer`` with micro-batch 1 and gradient accumulation, each
 micro-batch padded by ``DataCollatorForSeq2Seq(pad_to_multiple_of=8)``, ``adamw_torch``, the labels of the original
 tokenization (prompt masked, EOS appended). Ours: ``platypus_nb.finetune.train_lora`` with padding-free packing
-(examples concatenated into one row per forward, attention kept within each example by position-id resets) and the
-LM head run only on positions that have a label; and ours without packing (micro-batch 1, padded), to show how much
-each of the two changes contributes.
+(examples concatenated into one row per forward, each example attended separately) and the LM head run only on
+positions that have a label; and ours without packing (micro-batch 1, padded), to show what each change contributes.
 
-Same model (SmolLM2-135M, fp32 by default, LoRA r=16 on the MLP, loaded by the same code), same rows (real MATH problems and solutions) in the same
-order per step, same hyperparameters, same loss (``loss_weighting: token``, the mean over a global batch's target
-tokens, which is what HF Trainer >= 4.46 optimises), no warm-up (so that every step after the first has updated the
-adapter and the loss comparison means something). Every variant runs ``--steps`` optimizer steps from the same
-initialisation, ``--rounds`` times, interleaved and in a rotated order each round (baseline, ours, ours-unpacked; ours, ours-unpacked, baseline; ...)
-so that a change in the machine's load hits every variant alike; the first step of each block is a warm-up and is not timed.
+Same model (SmolLM2-135M, fp32 by default, LoRA r=16 on the MLP, loaded by the same code), same rows (real MATH
+problems and solutions) in the same order per step, same hyperparameters, same loss (``loss_weighting: token``, the
+mean over a global batch's target tokens, which HF Trainer >= 4.46 optimises), no warm-up (so that every step after
+the first has updated the adapter and the loss comparison means something). Every variant runs ``--steps`` optimizer
+steps from the same initialisation, ``--rounds`` times, interleaved in a rotated order (baseline, ours, unpacked;
+ours, unpacked, baseline; ...); the first step of each block is not timed.
 
-Time: the machine is shared, and its load swings within minutes (the same step took 12 s and 57 s in one run), so
-throughput is tokens per **CPU second** of the process, run on one thread (``--threads 1``): CPU time then counts
-the work alone, whatever else runs. Wall-clock tokens/s are reported beside it. (With two threads on an
-oversubscribed machine, OpenMP threads wait on each other and small ops ran ~17x slower, which turns any comparison
-into one of the machine's load.)
+Time: the machine is shared and its load swings within minutes (one step took 12 s and 57 s in the same run), so
+throughput is tokens per **CPU second** of the process, which counts the work and not the waiting. With one thread
+(the default) that is clean; with ``--threads 2`` it includes OpenMP threads spinning while they wait for each other,
+which is what an oversubscribed 2-core machine costs (small ops ran ~17x slower there). Wall-clock tokens/s are
+reported beside it.
 
 MFU: model FLOPs (``platypus_nb.finetune.model.training_flops_per_token``: forward + input-gradient backward of
 the frozen base, full backward of LoRA, attention, the LM head on target tokens; padding is not counted) per CPU
-second, divided by the peak single-thread matmul rate in the compute dtype measured in the same run (best of square
-GEMMs). On a GPU, ``--precision bf16`` and ``--precision nf4`` give the same table for a bf16 and a 4-bit base
-(CPU time is then meaningless; read the wall-clock columns).
+second, divided by the best GEMM rate per CPU second in the compute dtype measured in the same run; with one thread,
+the fraction of one core's peak. On a GPU, ``--precision bf16`` and ``--precision nf4`` give the table for a bf16 and
+a 4-bit base (time is then wall-clock: read those columns).
 
-Run: ``.venv/bin/python benchmarks/bench_finetune.py`` (about 25 minutes on 2 cores shared with other work). Writes
-``benchmarks/results/finetune.json`` and prints the markdown table of ``benchmarks/README.md``'s fine-tuning section.
+Run: ``.venv/bin/python benchmarks/bench_finetune.py [--threads 2]`` (10-25 minutes on 2 shared cores). Writes the
+run into ``benchmarks/results/finetune.json`` (one entry per thread count) and prints the markdown table of
+``benchmarks/README.md``'s fine-tuning section.
 """
 
 from __future__ import annotations
@@ -67,21 +67,23 @@ def bench_rows(n: int) -> list[dict]:
 
 
 def matmul_peak_flops(dtype: torch.dtype, repeats: int = 5) -> float:
-    """The best GEMM rate this process reaches in the training's compute dtype (CPU: same threads as training)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sizes = (4096, 8192) if device == "cuda" else (1024, 1536, 2048)
+    """The best GEMM rate in the training's compute dtype: per CPU second of this process on the CPU (the same
+    clock as the training throughput, so that other work on the machine cancels out), per second on a GPU."""
+    cuda = torch.cuda.is_available()
+    clock = time.perf_counter if cuda else time.process_time
+    sizes = (4096, 8192) if cuda else (1024, 1536, 2048)
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu") for _ in range(2))
         a @ b
         for _ in range(repeats):
-            if device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
-            t = time.perf_counter()
+            t = clock()
             a @ b
-            if device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+            best = max(best, 2 * n ** 3 / (clock() - t))
     return best
 
 
@@ -250,13 +252,15 @@ def main() -> None:
         "model_flops_per_token": per_token,
         "variants": results,
     }
-    atomic_write_json(RESULTS, record)
+    runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.is_file() else {}
+    runs[f"{torch.get_num_threads()} thread(s)"] = record
+    atomic_write_json(RESULTS, {"runs": runs})
     print(markdown_table(record))
 
 
 def markdown_table(record: dict) -> str:
-    lines = [f"Matmul peak ({record['precision']['compute_dtype']} GEMM, {record['machine']['threads']} threads): "
-             f"{record['matmul_peak_flops'] / 1e9:.1f} GFLOP/s. Load average before/after: "
+    lines = [f"{record['machine']['threads']} thread(s). Matmul peak ({record['precision']['compute_dtype']} GEMM): "
+             f"{record['matmul_peak_flops'] / 1e9:.1f} GFLOP per CPU-second. Load average before/after: "
              f"{record['machine']['loadavg_before'][0]:.1f} / {record['machine']['loadavg_after'][0]:.1f}.", "",
              "| variant | forwards / step | tokens / CPU-s | speed-up | tokens / wall-s | model GFLOP / CPU-s | MFU "
              "| max loss diff vs original |",

@@ -259,8 +259,9 @@ class FinetuneConfig:
     # The original's prepare_model_for_int8_training turned gradient checkpointing on by default.
     gradient_checkpointing: bool = True
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # Padding-free packing of whole examples into one row per forward, attention kept within each example through
-    # position-id resets. False: the original's padded micro-batches (right padding to a multiple of 8).
+    # Padding-free packing of whole examples into one row per forward, each example attended on its own (position
+    # ids restart at every example; with sdpa, one attention call per example). False: the original's padded
+    # micro-batches (right padding to a multiple of 8).
     packing: bool = True
     save_steps: int = 1000
     save_total_limit: int = 2

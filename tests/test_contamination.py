@@ -17,7 +17,7 @@ import pytest
 
 from platypus_nb import contamination as C
 from platypus_nb.assets import data_file
-from platypus_nb.config import ConfigError, EvalSetConfig, TEST_SETS, load_config
+from platypus_nb.config import ConfigError, ContaminationConfig, EvalSetConfig, TEST_SETS, load_config
 from platypus_nb.contamination.analysis import apply_decisions
 from platypus_nb.embeddings import EmbeddingCache, embed_texts
 from platypus_nb.io import open_text, read_jsonl, write_jsonl
@@ -32,6 +32,17 @@ MMLU_INDEX = "mmlu:abstract_algebra:1"
 HELLASWAG_CANOE = "hellaswag:2"
 TRUTHFULQA_POMEGRANATE = "truthfulqa:0"
 TRUTHFULQA_OBAMA = "truthfulqa:4"
+
+# The paper's evaluation-split checks (MATH test embedded and compared), which tiny.yaml trims for time: the planted
+# file has a MATH test copy from a source that is not itself an evaluation split.
+PAPER_SPLITS = {"contamination.eval_splits": ["math_test", "theoremqa_test"],
+                "contamination.eval_split_sources": ["theoremqa", "openbookqa", "sciq"]}
+
+
+def paper_splits(**overrides) -> ContaminationConfig:
+    """tiny.yaml's contamination section with the paper's evaluation splits, plus dotted overrides."""
+    dotted = {f"contamination.{key}": value for key, value in overrides.items()}
+    return load_config("tiny", {**PAPER_SPLITS, **dotted}).contamination
 
 
 def _items_by_id() -> dict[str, C.TestItem]:
@@ -97,11 +108,12 @@ def planted_rows() -> tuple[list[dict], dict[str, list[int]]]:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The full analysis on the planted file against the first N items of every test set (plus one TruthfulQA
-    item a MATH problem quotes), with the default config: what the notebook does, step by step."""
+    item a MATH problem quotes), with tiny.yaml and the paper's evaluation splits: what the notebook does, step by
+    step."""
     rows, kinds = planted_rows()
     path = tmp_path_factory.mktemp("planted") / "train.jsonl"
     write_jsonl(path, rows)
-    cfg = load_config("tiny").contamination
+    cfg = paper_splits()
     items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, max_items=N_ITEMS)
     items += [i for i in C.load_test_set("truthfulqa") if i.text == "What is your favorite color?"]
     rows = C.load_training_rows(path)
@@ -185,7 +197,7 @@ def test_evaluation_split_leaks_are_flagged_and_kept_unless_configured(planted):
     assert math_pair["method"] == "exact"
     leaks = planted["kinds"]["theoremqa"] + planted["kinds"]["math_test"]
     assert not set(leaks) & planted["removed"]
-    strict = load_config("tiny", {"contamination.remove_eval_split_leaks": True}).contamination
+    strict = paper_splits(remove_eval_split_leaks=True)
     removed = set(apply_decisions(f, strict, {}).query("removed")["train_index"])
     assert set(leaks) <= removed
 
@@ -194,7 +206,7 @@ def test_gray_area_rows_follow_the_config(planted):
     f = planted["flagged"]
     gray_rows = set(f.loc[f["category"] == "gray_area", "train_index"])
     assert gray_rows and gray_rows <= planted["removed"]
-    keep = load_config("tiny", {"contamination.gray_area": "keep"}).contamination
+    keep = paper_splits(gray_area="keep")
     removed_when_kept = set(apply_decisions(f, keep, {}).query("removed")["train_index"])
     only_gray = {r for r in gray_rows if not (f.query("train_index == @r")["category"] == "duplicate").any()}
     assert only_gray and not only_gray & removed_when_kept

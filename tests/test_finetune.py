@@ -22,6 +22,7 @@ from platypus_nb.config import ConfigError, FinetuneConfig, load_config
 from platypus_nb.finetune import ModelSetupError, TrainingDataError, train_lora
 from platypus_nb.finetune.data import (IGNORE_INDEX, collate, micro_batches, plan_steps, rank_share, token_weights,
                                        tokenize_row, tokenize_rows)
+from platypus_nb.finetune.attention import SEGMENT_SDPA, register_segment_sdpa, segment_bounds
 from platypus_nb.finetune.loop import _token_losses, list_checkpoints
 from platypus_nb.paths import PROJECT_ROOT
 from platypus_nb.prompts import render_prompt, response_of
@@ -131,13 +132,17 @@ def test_loss_weights_average_examples_or_tokens(math_rows, tokenizer):
     assert w[0] * examples[0].n_targets == pytest.approx(0.25)
 
 
-def test_packed_row_attends_within_each_example_only(math_rows, tokenizer, tiny_llama_dir):
-    """One padding-free packed row gives the same per-token losses as the original's padded micro-batches."""
+@pytest.mark.parametrize("attention", ["sdpa", SEGMENT_SDPA])
+def test_packed_row_attends_within_each_example_only(attention, math_rows, tokenizer, tiny_llama_dir):
+    """One padding-free packed row gives the same per-token losses as the original's padded micro-batches, with
+    transformers' dense block-diagonal mask and with our per-example SDPA alike."""
     from transformers import AutoModelForCausalLM
 
+    register_segment_sdpa()
     examples, _ = tokenize_rows(math_rows[:3], tokenizer, RECIPE)
     weights = token_weights([0, 1, 2], examples, "token")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32,
+                                                 attn_implementation=attention).eval()
     with torch.no_grad():
         packed = _token_losses(model, collate([0, 1, 2], examples, weights, True, tokenizer.pad_token_id))
         padded = torch.cat([_token_losses(model, collate([i], examples, weights, False, tokenizer.pad_token_id))
@@ -146,6 +151,11 @@ def test_packed_row_attends_within_each_example_only(math_rows, tokenizer, tiny_
     assert packed.shape == padded.shape == (sum(e.n_targets for e in examples),)
     torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(batched, padded, rtol=1e-4, atol=1e-4)
+
+
+def test_segment_bounds_follow_position_resets():
+    assert segment_bounds(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])) == [(0, 3), (3, 5), (5, 9)]
+    assert segment_bounds(torch.tensor([[0, 1, 2, 3]])) == [(0, 4)]
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from platypus_nb.config import FinetuneConfig
+from platypus_nb.finetune.attention import register_segment_sdpa
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,6 +104,14 @@ def check_target_modules(base_model: str, targets: list[str], trust_remote_code:
                               f"({config.model_type}); its linear layers are: {', '.join(linear)}")
 
 
+def training_attention(cfg: FinetuneConfig) -> str:
+    """Packed rows with ``sdpa`` attend one example at a time (see ``attention.py``) instead of through a dense
+    block-diagonal mask; ``flash_attention_2`` handles packed rows natively, ``eager`` through the mask."""
+    if cfg.packing and cfg.attn_implementation == "sdpa":
+        return register_segment_sdpa()
+    return cfg.attn_implementation
+
+
 def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, device: torch.device, seed: int,
                     trust_remote_code: bool = False, fsdp: bool = False) -> Any:
     """Load the base, prepare it for k-bit training when quantized, and add a freshly initialised LoRA adapter.
@@ -115,7 +124,7 @@ def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, 
     from platypus_nb.assets import load_model
 
     quant = quantization_config(precision, cfg, fsdp)
-    kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
+    kwargs: dict[str, Any] = {"attn_implementation": training_attention(cfg)}
     if quant is not None:
         kwargs["quantization_config"] = quant
         if not fsdp:
