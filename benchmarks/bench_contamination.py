@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from platypus_nb import contamination as C  # noqa: E402
 from platypus_nb.assets import data_file, embedding_model_path  # noqa: E402
 from platypus_nb.config import Config, load_config  # noqa: E402
 from platypus_nb.embeddings import EmbeddingCache, embed_texts  # noqa: E402
-from platypus_nb.io import open_text, read_jsonl, write_jsonl  # noqa: E402
+from platypus_nb.io import atomic_write_json, open_text, read_jsonl, write_jsonl  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "contamination.json"
 
@@ -73,6 +74,7 @@ def run_original(train_path: Path, benchmarks: list[str], max_items: int | None,
     items = C.load_test_items(benchmarks, max_items=max_items)
     train_emb = model.encode([f"{r['instruction']} {r['input']}" for r in rows], convert_to_tensor=True)
     test_emb = model.encode([i.text for i in items], convert_to_tensor=True)
+    embedded = time.perf_counter()
     removed = set()
     for i in range(len(items)):
         sims = util.cos_sim(test_emb[i], train_emb)[0]
@@ -80,8 +82,9 @@ def run_original(train_path: Path, benchmarks: list[str], max_items: int | None,
         if float(sims[best]) >= threshold:
             removed.add(best)
     kept = [r for i, r in enumerate(rows) if i not in removed]
-    return {"seconds": time.perf_counter() - start, "removed": sorted(removed), "kept_rows": len(kept),
-            "pairs_reported": len(removed)}
+    end = time.perf_counter()
+    return {"seconds": end - start, "embedding_seconds": embedded - start, "search_and_rest_seconds": end - embedded,
+            "removed": sorted(removed), "kept_rows": len(kept), "pairs_reported": len(removed)}
 
 
 def run_ours(train_path: Path, cfg: Config, cache_root: Path, out_dir: Path) -> dict:
@@ -119,6 +122,7 @@ def main() -> None:
                                "contamination.max_test_items": args.max_test_items})
     threshold = cfg.contamination.threshold
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train_path = tmp / "train.jsonl"
@@ -134,6 +138,7 @@ def main() -> None:
         first = run_ours(train_path, cfg, tmp / "cache", tmp / "out1")
         print(f"ours, first run: {first['seconds']:.1f} s", flush=True)
         cached = run_ours(train_path, cfg, tmp / "cache", tmp / "out2")
+    load_after = os.getloadavg()
 
     def caught(removed: list[int]) -> dict:
         return {kind: sum(i in set(removed) for i in idx) for kind, idx in planted.items()}
@@ -143,8 +148,12 @@ def main() -> None:
                    "max_test_items": args.max_test_items, "threshold": threshold,
                    "planted": {k: len(v) for k, v in planted.items()}},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads()},
-        "original_loop": {"seconds": round(original["seconds"], 2), "rows_removed": len(original["removed"]),
+                    "torch_threads": torch.get_num_threads(), "loadavg_before": load_before,
+                    "loadavg_after": load_after},
+        "original_loop": {"seconds": round(original["seconds"], 2),
+                          "embedding_seconds": round(original["embedding_seconds"], 2),
+                          "search_and_rest_seconds": round(original["search_and_rest_seconds"], 2),
+                          "rows_removed": len(original["removed"]),
                           "pairs_reported": original["pairs_reported"],
                           "planted_removed": caught(original["removed"])},
         "ours_first_run": {"seconds": round(first["seconds"], 2),
@@ -159,15 +168,16 @@ def main() -> None:
                             "planted_removed": caught(cached["removed"])},
     }
     assert first["removed"] == cached["removed"], "a cached run must decide exactly as a first run"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(RESULTS, result)
     print(markdown_table(result))
 
 
 def markdown_table(result: dict) -> str:
     inp = result["inputs"]
+    load = result["machine"]
     lines = [f"{inp['train_rows']} training rows (4 planted copies: one question twice, two diluted) x "
-             f"{inp['test_items']} test items ({', '.join(inp['benchmarks'])}), threshold {inp['threshold']}",
+             f"{inp['test_items']} test items ({', '.join(inp['benchmarks'])}), threshold {inp['threshold']}; "
+             f"load average before/after {load['loadavg_before'][0]:.1f} / {load['loadavg_after'][0]:.1f}",
              "",
              "| method | seconds | of which embedding | rows removed | pairs reported | planted copies removed |",
              "|---|---|---|---|---|---|"]

@@ -202,6 +202,9 @@ class ContaminationConfig:
 
     def validate(self, v: "_Validator") -> None:
         v.unit_interval(self.threshold, "threshold")
+        # Below ~0.5 nearly every (training row, test item) pair of MiniLM vectors matches: millions of pairs.
+        v.require(self.threshold >= 0.5, "threshold", f"a cosine similarity of at least 0.5 (the paper's is 0.8), "
+                                                      f"got {self.threshold}")
         v.require(len(self.benchmarks) > 0 or len(self.extra_eval_sets) > 0, "benchmarks",
                   "at least one test set (or an entry in extra_eval_sets)")
         overlap = sorted(set(self.benchmarks) & set(self.eval_splits))
@@ -212,7 +215,8 @@ class ContaminationConfig:
         v.require(self.lexical_max_test_items > 0, "lexical_max_test_items", "a positive integer")
         v.unit_interval(self.duplicate_similarity, "duplicate_similarity")
         v.require(self.duplicate_similarity >= self.threshold, "duplicate_similarity",
-                  f"a similarity at or above threshold ({self.threshold})")
+                  f"a similarity at or above threshold ({self.threshold}); raising threshold above "
+                  f"{self.duplicate_similarity} needs duplicate_similarity raised with it")
         v.require(0 < self.duplicate_overlap <= 1, "duplicate_overlap", "a number in (0, 1]")
         names = [e.name for e in self.extra_eval_sets]
         v.require(len(names) == len(set(names)), "extra_eval_sets", f"distinct names, got {names}")

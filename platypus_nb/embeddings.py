@@ -32,14 +32,22 @@ def _load_encoder(model_path: str):
     return SentenceTransformer(model_path, device="cpu")
 
 
+@functools.lru_cache(maxsize=8)
+def _weights_digest(weights: str, size: int, mtime_ns: int) -> str:
+    """sha256 of the weights file (~0.1 s for MiniLM's 90 MB), hashed again only when its size or mtime change."""
+    with open(weights, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _model_cache_name(model_name: str) -> str:
-    """A folder name that changes when the model's weights change, so stale vectors are never reused."""
+    """A folder name that changes when the model's weights change, so stale vectors are never reused: keyed by the
+    weights' content, since a fine-tuned copy of the same model has the same size and file names."""
     path = Path(embedding_model_path(model_name))
     weights = path / "model.safetensors"
     suffix = ""
     if weights.is_file():
         st = weights.stat()
-        suffix = hashlib.sha256(f"{st.st_size}".encode()).hexdigest()[:8]
+        suffix = _weights_digest(str(weights), st.st_size, st.st_mtime_ns)[:12]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) + (f"-{suffix}" if suffix else "")
 
 

@@ -134,7 +134,8 @@ def _model_entry(path: Path, i: int, entry: Any) -> ModelToEvaluate:
 
 
 def _checked_model_path(path: str, where: str) -> str:
-    """A path that exists is a local folder; one written as a path (/, ./, ~) must exist; the rest are model names.
+    """A path that exists is a local folder; one written as a path (/, ./, ~, or more than one "/") must exist; the
+    rest are model names.
 
     Model names (the offline default ``smollm2-135m`` or a Hub id) go to ``platypus_nb.assets.load_model``.
     """
@@ -143,7 +144,8 @@ def _checked_model_path(path: str, where: str) -> str:
         if not (local / "config.json").is_file():
             raise EvaluationError(f"{where}: model folder {local} has no config.json (expected a saved model)")
         return str(local)
-    if path.startswith(("/", "./", "../", "~")):
+    # A Hub id is "name" or "owner/name": anything with more parts, or written as a path, can only be a folder.
+    if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or "\\" in path:
         raise EvaluationError(f"{where}: model folder {local} does not exist")
     return path
 

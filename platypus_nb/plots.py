@@ -179,7 +179,7 @@ def plot_scores(summary: pd.DataFrame, title: str):
         ax.bar(x - 0.4 + width * (i + 0.5), [rows["score_pct"].get(m, np.nan) for m in models], width,
                yerr=[rows["stderr_pct"].get(m, np.nan) for m in models], capsize=3, color=TASK_COLORS[task],
                label=TASKS[task].label)
-    ax.axhline(25, color="grey", linestyle="--", linewidth=1, label="chance, 4 choices")
+    ax.axhline(25, color="grey", linestyle="--", linewidth=1, label="chance, 4 choices (not TruthfulQA MC2)")
     ax.set_xticks(x, models, fontsize=8, rotation=15)
     ax.set_ylabel("score (%)")
     ax.set_title(title)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from platypus_nb import contamination as C
 from platypus_nb.assets import data_file
 from platypus_nb.config import ConfigError, ContaminationConfig, EvalSetConfig, TEST_SETS, load_config
 from platypus_nb.contamination.analysis import apply_decisions
+from platypus_nb.contamination.testsets import data_source_of
 from platypus_nb.embeddings import EmbeddingCache, embed_texts
 from platypus_nb.io import open_text, read_jsonl, write_jsonl
 
@@ -266,10 +268,17 @@ def test_a_bad_review_file_names_the_line(tmp_path, body, message):
 
 
 def test_the_shipped_review_file_is_valid():
-    cfg = load_config("tiny").contamination
+    """The vendored review decisions parse and point at real test items (a missing file would mean none apply)."""
     from platypus_nb.config import resolve_path
 
-    C.load_review(resolve_path(cfg.review_file))
+    path = resolve_path(load_config("tiny").contamination.review_file)
+    assert path.is_file()
+    decisions = C.load_review(path)
+    assert decisions
+    known = {item.test_id for name in {t.split(":")[0] for _, t in decisions} for item in C.load_test_set(name)}
+    for train_hash, test_id in decisions:
+        assert re.fullmatch(r"[0-9a-f]{16}", train_hash), train_hash
+        assert test_id in known, test_id
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -287,6 +296,24 @@ def test_malformed_training_rows_are_reported_with_their_line(tmp_path, lines, m
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=message):
         C.load_training_rows(path)
+
+
+def test_null_input_and_data_source_read_as_empty(tmp_path):
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, [{"instruction": "Name a prime.", "input": None, "output": "2", "data_source": None}])
+    row = C.load_training_rows(path)[0]
+    assert C.training_text(row) == "Name a prime."
+    assert data_source_of(row) == "(none)"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"contamination.threshold": 0.2}, r"contamination.threshold: expected a cosine similarity of at least 0.5"),
+    ({"contamination.threshold": 0.97}, r"duplicate_similarity: .*raising threshold above 0.95 needs "
+                                        r"duplicate_similarity raised with it"),
+])
+def test_a_threshold_out_of_range_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
 
 
 def test_an_unknown_benchmark_lists_the_known_ones():
@@ -364,14 +391,23 @@ def test_outputs_hold_every_pair_and_the_rows_that_stay(planted, tmp_path):
     assert {r["category"] for r in todo} <= {"duplicate", "gray_area", "similar_but_different"}
 
 
-def test_a_second_run_embeds_nothing_new(tmp_path):
+def test_a_second_run_embeds_nothing_new(tmp_path, monkeypatch):
+    import platypus_nb.embeddings as E
+
     cache = EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path)
     texts = [i.text for i in C.load_test_set("truthfulqa", max_items=20)]
     first = embed_texts(texts, cache=cache, show_progress=False)
-    shards = sorted(p.name for p in cache.dir.glob("*.npz"))
+    assert len(list(cache.dir.glob("*.npz"))) == 1
+
+    def no_encoder(path):
+        raise AssertionError("the second run loaded the encoder: something was embedded again")
+
+    monkeypatch.setattr(E, "_load_encoder", no_encoder)
     again = embed_texts(texts, cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path), show_progress=False)
-    assert sorted(p.name for p in cache.dir.glob("*.npz")) == shards
     np.testing.assert_array_equal(first, again)
+    with pytest.raises(AssertionError, match="embedded again"):  # and one new text does reach the encoder
+        embed_texts(texts + ["a text that is not cached"], cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path),
+                    show_progress=False)
 
 
 def test_the_notebook_runs_on_the_planted_file(planted, tmp_path):

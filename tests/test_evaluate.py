@@ -150,6 +150,7 @@ def test_lm_eval_builds_the_paper_prompts_from_the_generated_tasks(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"path": "/nonexistent/model-folder"}, r"entry 0 \('m'\): model folder /nonexistent/model-folder does not exist"),
+    ({"path": "runs/nonexistent/04_merge/m"}, r"model folder .*runs/nonexistent/04_merge/m does not exist"),
     ({"role": "teacher"}, "role must be one of base, platypus, partner, merge"),
     ({"adapter": "/nonexistent/adapter"}, "adapter folder /nonexistent/adapter does not exist"),
     ({"compare_to": "ghost"}, "compare_to 'ghost' is not the name of a model"),

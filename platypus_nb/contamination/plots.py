@@ -23,7 +23,8 @@ def similarity_distribution(items: Sequence[TestItem], nearest_similarity: np.nd
     bins = np.linspace(min(0.0, float(np.min(nearest_similarity, initial=0.0))), 1.0, 51)
     for ax, name in zip(axes.flat, sets):
         sims = nearest_similarity[labels == name]
-        ax.hist(sims, bins=bins, color="tab:blue", alpha=0.8)
+        # float32 puts a verbatim copy at 1.0000001: clip so it lands in the last bin instead of off the plot
+        ax.hist(np.minimum(sims, 1.0), bins=bins, color="tab:blue", alpha=0.8)
         ax.axvline(threshold, color="tab:red", linestyle="--")
         ax.set_yscale("log")
         ax.set_title(f"{name}: {int((sims >= threshold).sum())} of {len(sims)} >= {threshold:g}", fontsize=9)

@@ -39,7 +39,7 @@ class TestItem:
 
 def training_text(row: dict[str, Any]) -> str:
     """The text compared with test items: instruction and input joined by a space, as the original notebook did."""
-    return f"{row['instruction']} {row.get('input', '')}".strip()
+    return f"{row['instruction']} {row.get('input') or ''}".strip()
 
 
 def training_text_hash(row: dict[str, Any]) -> str:
@@ -51,7 +51,7 @@ def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read the training JSONL, checking every row before any work starts.
 
     A row needs string ``instruction`` (non-empty) and ``output``; ``input`` and ``data_source`` are optional strings
-    (a missing input is empty, a missing data_source is reported as ``"(none)"``). A bad row raises ValueError naming
+    (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises ValueError naming
     the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps every field.
     """
     path = Path(path)
@@ -79,6 +79,8 @@ def _training_row_problem(row: dict[str, Any]) -> Optional[str]:
         if key not in row:
             if required:
                 return f"missing key {key!r} (a row needs instruction, output and optionally input, data_source)"
+            continue
+        if row[key] is None and not required:  # null input / data_source, as many datasets write them: empty
             continue
         if not isinstance(row[key], str):
             return f"{key!r} must be a string, got {type(row[key]).__name__} {str(row[key])[:60]!r}"
