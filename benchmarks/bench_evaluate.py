@@ -7,7 +7,7 @@ tasks, shots, ``limit`` and MMLU subjects), in one process, variants taking turn
 the wall time, the number of loglikelihood requests lm-eval ran and the score, so that a speed-up that changed the
 scores shows. The machine's load average is recorded before and after: the cores may be shared.
 
-Run: ``.venv/bin/python benchmarks/bench_evaluate.py`` (about 10 minutes on 2 cores). Writes
+Run: ``.venv/bin/python benchmarks/bench_evaluate.py [--limit N]`` (about 5 minutes on 2 idle cores at 16). Writes
 ``benchmarks/results/evaluate.json`` and prints the markdown table of ``benchmarks/README.md``'s "Evaluation"
 section.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -79,15 +78,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tiny", help="config whose evaluate section sets tasks, shots, limit")
     parser.add_argument("--model", default="smollm2-135m", help="model folder or name (default: the real base)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="questions per task (per MMLU subject) instead of the config's evaluate.limit: more "
+                             "requests than the tiny config's few give steadier timings")
     args = parser.parse_args()
 
     import torch
 
     from platypus_nb.config import load_config
     from platypus_nb.evaluate import ModelToEvaluate, load_tasks, prepare_tasks
+    from platypus_nb.io import atomic_write_json
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, {} if args.limit is None else {"evaluate.limit": args.limit})
     model = ModelToEvaluate(name="bench", path=args.model, adapter=None, role="base", compare_to=None,
                             stands_in_for="")
     load_before = os.getloadavg()
@@ -107,8 +110,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "variants": variants,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(RESULTS, result)
     print(markdown(result))
 
 

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from platypus_nb.assets import embedding_model_path
-from platypus_nb.io import atomic_path
+from platypus_nb.io import atomic_path, sha256_file
 from platypus_nb.paths import cache_dir
 
 
@@ -35,8 +35,7 @@ def _load_encoder(model_path: str):
 @functools.lru_cache(maxsize=8)
 def _weights_digest(weights: str, size: int, mtime_ns: int) -> str:
     """sha256 of the weights file (~0.1 s for MiniLM's 90 MB), hashed again only when its size or mtime change."""
-    with open(weights, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_file(weights)
 
 
 def _model_cache_name(model_name: str) -> str:

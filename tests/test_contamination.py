@@ -391,6 +391,23 @@ def test_outputs_hold_every_pair_and_the_rows_that_stay(planted, tmp_path):
     assert {r["category"] for r in todo} <= {"duplicate", "gray_area", "similar_but_different"}
 
 
+def test_the_cache_is_keyed_by_the_weights_content_not_their_size(tmp_path):
+    """A fine-tuned copy of MiniLM has the same files and sizes: its vectors must not come from the original's."""
+    import shutil
+
+    from platypus_nb.assets import embedding_model_path
+    from platypus_nb.embeddings import _model_cache_name
+
+    copy = tmp_path / "minilm-copy"
+    shutil.copytree(embedding_model_path("all-MiniLM-L6-v2"), copy)
+    assert _model_cache_name(str(copy)).rsplit("-", 1)[1] == _model_cache_name("all-MiniLM-L6-v2").rsplit("-", 1)[1]
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor: same size, other weights
+    weights.write_bytes(bytes(data))
+    assert _model_cache_name(str(copy)).rsplit("-", 1)[1] != _model_cache_name("all-MiniLM-L6-v2").rsplit("-", 1)[1]
+
+
 def test_a_second_run_embeds_nothing_new(tmp_path, monkeypatch):
     import platypus_nb.embeddings as E
 

@@ -51,8 +51,9 @@ def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read the training JSONL, checking every row before any work starts.
 
     A row needs string ``instruction`` (non-empty) and ``output``; ``input`` and ``data_source`` are optional strings
-    (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises ValueError naming
-    the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps every field.
+    (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises
+    ValueError naming the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps
+    every field.
     """
     path = Path(path)
     if not path.is_file():
