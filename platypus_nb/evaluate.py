@@ -23,6 +23,7 @@ were. Results go to ``<out_dir>/<model>.json`` and ``<out_dir>/summary.csv``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import importlib.metadata
@@ -34,7 +35,7 @@ import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pandas as pd
 
@@ -350,8 +351,13 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
 
     names = plan.task_names[task]
     metric = TASKS[task].metric
+    shots = plan.num_fewshot[task]
+    # Our generated YAMLs already hold the run's shot count; passing it again only makes lm-eval warn
+    # "Overwriting default num_fewshot ... from 1 to 1" once per task and model. Hub YAMLs keep their own: override.
+    if {t.get_config("num_fewshot") for t in tasks.by_task[task]} == {shots}:
+        shots = None
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=plan.num_fewshot[task],
+    out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=shots,
                                   limit=plan.limit, task_manager=tasks.manager, log_samples=True, random_seed=seed,
                                   numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     seconds = time.perf_counter() - start
@@ -424,11 +430,64 @@ def evaluate_models(models: list[ModelToEvaluate], plan: TaskPlan, cfg: Config, 
     out_dir = Path(out_dir)
     # lm-eval logs every task it builds at INFO; keep the notebook readable and its warnings visible.
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    tasks = load_tasks(plan)
-    results = [evaluate_model(m, plan, tasks, cfg.evaluate, cfg.run.seed, out_dir)
-               for m in tqdm(models, desc="models", disable=not progress)]
+    with quiet_library_progress():
+        tasks = load_tasks(plan)
+        results = [evaluate_model(m, plan, tasks, cfg.evaluate, cfg.run.seed, out_dir)
+                   for m in tqdm(models, desc="models", disable=not progress)]
     write_summary(results, out_dir / "summary.csv")
     return results
+
+
+# lm-eval modules that draw their own progress bars (one per task, request list and tokenisation, per model).
+_LM_EVAL_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+# HFLM's notices when it is handed a loaded model, which is how step 05 always calls it (4-bit needs it).
+_EXPECTED_NOTICES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
+
+
+class _DropExpectedNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_EXPECTED_NOTICES)
+
+
+@contextlib.contextmanager
+def quiet_library_progress() -> Iterator[None]:
+    """Silence the libraries' inner progress bars while the models are scored, keeping only ours.
+
+    Without this, one model's scoring prints some 60 bars (datasets' split generation, transformers' weight
+    loading, lm-eval's request building and loglikelihood loops): pages of noise per model in an executed
+    notebook. Warnings and errors still show; HFLM's two notices about being handed a loaded model, which step 05
+    always does, are dropped. Everything is restored on exit, also after an error.
+    """
+    import importlib
+
+    import datasets
+    from tqdm import tqdm as tqdm_class
+    from transformers.utils import logging as hf_logging
+
+    def silent_tqdm(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return tqdm_class(*args, **kwargs)
+
+    modules = [importlib.import_module(name) for name in _LM_EVAL_TQDM_MODULES]
+    saved = [m.tqdm for m in modules]
+    datasets_bars, hf_bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    notice_filter = _DropExpectedNotices()
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    try:
+        for m in modules:
+            m.tqdm = silent_tqdm
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+        hf_logger.addFilter(notice_filter)
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m.tqdm = original
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        hf_logger.removeFilter(notice_filter)
 
 
 # ------------------------------------------------------------------------------------------------ summary

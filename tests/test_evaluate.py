@@ -252,3 +252,11 @@ def test_notebook_05_scores_every_model_offline(tmp_path, tiny_llama_dir, platyp
     assert platypus["adapter"] == str(platypus_adapter)
     assert (tmp_path / "figures" / "05_scores.png").is_file()
     assert (out / "tasks" / "arc_challenge.yaml").is_file()
+    # The executed notebook shows our one progress bar, not the libraries' dozens per model.
+    cells = json.loads((tmp_path / "05_evaluate.ipynb").read_text())["cells"]
+    stderr = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    assert "models:" in stderr
+    for noise in ("Running loglikelihood requests", "Tokenizing inputs", "Generating test split", "Loading weights",
+                  "Overwriting default num_fewshot", "`pretrained` model kwarg is not of type"):
+        assert noise not in stderr, noise
