@@ -458,8 +458,6 @@ def quiet_library_progress() -> Iterator[None]:
     notebook. Warnings and errors still show; HFLM's two notices about being handed a loaded model, which step 05
     always does, are dropped. Everything is restored on exit, also after an error.
     """
-    import importlib
-
     import datasets
     from tqdm import tqdm as tqdm_class
     from transformers.utils import logging as hf_logging
