@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from platypus_nb.assets import embedding_model_path
-from platypus_nb.io import atomic_path, sha256_file
+from platypus_nb.io import atomic_path, file_sha256
 from platypus_nb.paths import cache_dir
 
 
@@ -32,12 +32,6 @@ def _load_encoder(model_path: str):
     return SentenceTransformer(model_path, device="cpu")
 
 
-@functools.lru_cache(maxsize=8)
-def _weights_digest(weights: str, size: int, mtime_ns: int) -> str:
-    """sha256 of the weights file (~0.1 s for MiniLM's 90 MB), hashed again only when its size or mtime change."""
-    return sha256_file(weights)
-
-
 def _model_cache_name(model_name: str) -> str:
     """A folder name that changes when the model's weights change, so stale vectors are never reused: keyed by the
     weights' content, since a fine-tuned copy of the same model has the same size and file names."""
@@ -45,8 +39,7 @@ def _model_cache_name(model_name: str) -> str:
     weights = path / "model.safetensors"
     suffix = ""
     if weights.is_file():
-        st = weights.stat()
-        suffix = _weights_digest(str(weights), st.st_size, st.st_mtime_ns)[:12]
+        suffix = file_sha256(weights)[:12]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) + (f"-{suffix}" if suffix else "")
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
-from platypus_nb.io import atomic_directory, atomic_write_json, sha256_file
+from platypus_nb.io import atomic_directory, atomic_write_json, file_sha256
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 MERGE_CONFIG = "merge_config.json"
@@ -234,21 +234,6 @@ def check_adapter_fits(adapter: LoraAdapter, entries: list[TensorEntry], model_d
 
 
 # --------------------------------------------------------------------------------------------------- hashing
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime); Hub cache blobs are named by it already (LFS oid)."""
-    resolved = path.resolve()
-    if resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
-        return resolved.name
-    st = resolved.stat()
-    key = (str(resolved), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = sha256_file(resolved)
-    return _HASHES[key]
 
 
 def folder_hashes(folder: Path, names: Iterable[str]) -> dict[str, str]:
