@@ -186,8 +186,9 @@ class ContaminationConfig:
     # source says the paper removed all flagged questions, and the original code removed every test item's nearest
     # match at >= 0.8 whatever its category; so "remove" is the default.
     gray_area: Literal["remove", "keep"] = "remove"
-    # Human decisions (train_hash, test_id, category) that override suggested categories on the next run.
-    review_file: str = "data/contamination_review.csv"
+    # Human decisions (train_hash, test_id, category) that override suggested categories on the next run. It must
+    # exist (a mistyped path would silently drop every decision); null: no review file.
+    review_file: Optional[str] = "data/contamination_review.csv"
     # Evaluation splits the original build put into the training data on purpose (TheoremQA test, MATH test): pairs
     # with them are flagged; rows are removed only with remove_eval_split_leaks (the original kept them).
     eval_splits: list[TestSetName] = field(default_factory=lambda: ["math_test", "theoremqa_test"])
@@ -222,6 +223,8 @@ class ContaminationConfig:
         v.require(len(names) == len(set(names)), "extra_eval_sets", f"distinct names, got {names}")
         v.require(self.max_test_items is None or self.max_test_items > 0, "max_test_items",
                   "a positive integer or null")
+        if self.review_file is not None:
+            v.existing_file(self.review_file, "review_file")
 
 
 @dataclass

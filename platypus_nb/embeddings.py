@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -43,6 +45,29 @@ def _model_cache_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name) + (f"-{suffix}" if suffix else "")
 
 
+def _read_shard(shard: Path) -> Optional[tuple[list[str], np.ndarray]]:
+    """A shard's (keys, vectors), or None with a warning naming the file when it is unreadable or inconsistent.
+
+    Shards are written atomically, but a disk-full copy, a crash of the file system or a hand-edited cache can still
+    leave a truncated file; np.load's error for it names no file, and a silently short shard would hand out wrong
+    rows. Every vector must be finite and of unit length, as ``embed_texts`` stores them.
+    """
+    problem = None
+    try:
+        with np.load(shard, allow_pickle=False) as z:
+            keys, vectors = z["keys"].tolist(), z["vectors"]
+        norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else None
+        if norms is None or len(keys) != len(vectors) or not np.all(np.abs(norms - 1) < 1e-3):
+            problem = f"{len(keys)} keys for vectors of shape {vectors.shape}, or vectors not unit-length"
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        warnings.warn(f"embedding cache shard {shard} is unreadable ({problem}); removing it, its texts will be "
+                      f"embedded again", stacklevel=3)
+        return None
+    return keys, vectors
+
+
 class EmbeddingCache:
     """Vectors keyed by text hash, stored as append-only ``.npz`` shards under the asset cache."""
 
@@ -51,9 +76,12 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._vectors: dict[str, np.ndarray] = {}
         for shard in sorted(self.dir.glob("*.npz")):
-            with np.load(shard) as z:
-                for k, v in zip(z["keys"].tolist(), z["vectors"]):
-                    self._vectors[k] = v
+            loaded = _read_shard(shard)
+            if loaded is None:
+                # Its texts are simply not cached any more: the next embed_texts re-embeds and re-writes them.
+                shard.unlink()
+                continue
+            self._vectors.update(zip(*loaded))
 
     def __contains__(self, key: str) -> bool:
         return key in self._vectors

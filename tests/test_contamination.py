@@ -267,6 +267,37 @@ def test_a_bad_review_file_names_the_line(tmp_path, body, message):
         C.load_review(review)
 
 
+def test_a_short_review_row_names_the_file_and_line(tmp_path):
+    review = tmp_path / "review.csv"
+    review.write_text("train_hash,test_id,category,reviewer,note\nabc,arc_challenge:x,duplicate,me,\nabc,truthfulqa:1\n")
+    with pytest.raises(ValueError, match=r"review.csv: line 3: expected 5 comma-separated fields .* got 2"):
+        C.load_review(review)
+
+
+def test_a_review_file_that_does_not_exist_is_an_error_not_an_empty_review(tmp_path):
+    typo = "data/contamination_reveiw.csv"
+    with pytest.raises(ConfigError, match=r"contamination.review_file: expected an existing file, but .*reveiw"):
+        load_config("tiny", {"contamination.review_file": typo})
+    with pytest.raises(FileNotFoundError, match=r"contamination.review_file: .*reveiw.csv does not exist"):
+        C.load_review(typo)
+    assert load_config("tiny", {"contamination.review_file": None}).contamination.review_file is None
+    assert C.load_review(None) == {}
+
+
+def test_review_rows_naming_unknown_test_items_are_reported(planted, tmp_path):
+    f = planted["flagged"]
+    pair = pairs_of(planted, "reversed").query("test_id == @ARC_ROTATION").iloc[0]
+    review = tmp_path / "review.csv"
+    review.write_text("train_hash,test_id,category,reviewer,note\n"
+                      f"{pair['train_hash']},{ARC_ROTATION},similar_but_different,me,\n"
+                      f"{pair['train_hash']},arc_chalenge:Mercury_7175875,similar_but_different,me,typo\n")
+    decisions = C.load_review(review)
+    assert C.unknown_review_items(decisions, planted["items"]) == ["arc_chalenge:Mercury_7175875"]
+    summary = C.summarize(planted["rows"], planted["items"], apply_decisions(f, planted["cfg"], decisions),
+                          planted["cfg"], decisions)
+    assert summary["review_unknown_test_ids"] == ["arc_chalenge:Mercury_7175875"]
+
+
 def test_the_shipped_review_file_is_valid():
     """The vendored review decisions parse and point at real test items (a missing file would mean none apply)."""
     from platypus_nb.config import resolve_path
@@ -429,6 +460,39 @@ def test_a_second_run_embeds_nothing_new(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="embedded again"):  # and one new text does reach the encoder
         embed_texts(texts + ["a text that is not cached"], cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path),
                     show_progress=False)
+
+
+def test_only_evaluation_split_rows_and_no_benchmark_match_still_draw_every_figure():
+    """A training set whose only flagged rows are evaluation-split rows (no pair with a benchmark) crashed the
+    top-pairs table: assigning to the empty filtered frame made a row of NaN texts."""
+    from platypus_nb.contamination import plots
+
+    cfg = paper_splits()
+    rows = [_row("State Fermat's little theorem.", "a^p = a mod p", "theoremqa"),
+            _row("Name a colour of the sky.", "Blue.", "airoboros")]
+    items = C.load_test_items(["truthfulqa"], max_items=3)
+    texts = [C.training_text(r) for r in rows]
+    train_emb = embed_texts(texts, show_progress=False)
+    test_emb = embed_texts([i.text for i in items], show_progress=False)
+    flagged = C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),
+                           C.lexical_pairs(texts, [i.text for i in items]), train_emb, test_emb, cfg)
+    assert flagged["method"].tolist() == ["source"]
+    assert plots.top_pairs(flagged, cfg.benchmarks).empty
+    for figure in (plots.top_pairs_table(flagged, cfg.benchmarks), plots.flagged_heatmap(flagged)):
+        assert figure.axes
+
+
+def test_a_truncated_cache_shard_is_named_removed_and_re_embedded(tmp_path):
+    texts = [i.text for i in C.load_test_set("truthfulqa", max_items=6)]
+    first = embed_texts(texts, cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path), show_progress=False)
+    (shard,) = EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path).dir.glob("*.npz")
+    shard.write_bytes(shard.read_bytes()[:-200])
+    with pytest.warns(UserWarning, match=re.escape(str(shard)) + r" is unreadable"):
+        cache = EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path)
+    assert len(cache) == 0 and not shard.exists()
+    again = embed_texts(texts, cache=cache, show_progress=False)
+    np.testing.assert_allclose(again, first, atol=1e-5)
+    assert len(EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path)) == len(texts)
 
 
 def test_the_notebook_runs_on_the_planted_file(planted, tmp_path):

@@ -17,7 +17,7 @@ import pandas as pd
 
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
 from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, numbers_differ,
-                                                  suggest_category)
+                                                  suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
@@ -163,6 +163,7 @@ def summarize(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], flagged
         "by_data_source": by_source,
         "reviewed_pairs": int(flagged["reviewed"].sum()),
         "review_rows_not_flagged_now": len(set(review) - seen_keys),
+        "review_unknown_test_ids": unknown_review_items(review, items),
     }
     if original_removed is not None:
         summary["original_rule"] = {"rows_removed": len(original_removed),

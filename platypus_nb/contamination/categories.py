@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
+from typing import Optional, Sequence
+
+from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig, resolve_path
 from platypus_nb.contamination.lexical import contains_words, normalised, words
 from platypus_nb.contamination.testsets import TestItem
 
@@ -80,15 +82,19 @@ def suggest_category(*, method: str, similarity: float, ngram_overlap: float, ex
     return "gray_area" if similarity >= cfg.threshold else "similar_but_different"
 
 
-def load_review(path: str | Path) -> dict[tuple[str, str], str]:
-    """Reviewed categories keyed by (train_hash, test_id); a missing file means nothing is reviewed yet.
+def load_review(path: Optional[str | Path]) -> dict[tuple[str, str], str]:
+    """Reviewed categories keyed by (train_hash, test_id); ``None`` (``review_file: null``) means no review.
 
-    The file is CSV with the header ``train_hash,test_id,category,reviewer,note``; a bad category or a key decided
-    twice in different ways raises ValueError naming the line.
+    The file is CSV with the header ``train_hash,test_id,category,reviewer,note``. A configured file that does not
+    exist raises FileNotFoundError (a typo in the path must not silently drop every human decision); a short row,
+    a bad category or a key decided twice in different ways raises ValueError naming the file and line.
     """
-    path = Path(path)
-    if not path.is_file():
+    if path is None:
         return {}
+    path = resolve_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"contamination.review_file: {path} does not exist (expected a CSV with header "
+                                f"{','.join(REVIEW_COLUMNS)}; set review_file to null to run without review)")
     decisions: dict[tuple[str, str], str] = {}
     where: dict[tuple[str, str], int] = {}
     with open(path, newline="", encoding="utf-8") as f:
@@ -98,6 +104,9 @@ def load_review(path: str | Path) -> dict[tuple[str, str], str]:
             raise ValueError(f"{path}: line 1: header lacks {missing} (expected {','.join(REVIEW_COLUMNS)})")
         for row in reader:
             line = reader.line_num
+            if any(row.get(c) is None for c in REVIEW_COLUMNS[:3]):
+                raise ValueError(f"{path}: line {line}: expected {len(reader.fieldnames)} comma-separated fields "
+                                 f"({','.join(reader.fieldnames)}), got {sum(v is not None for k, v in row.items() if k is not None)}")
             key = (row["train_hash"].strip(), row["test_id"].strip())
             category = row["category"].strip()
             if not all(key):
@@ -110,6 +119,16 @@ def load_review(path: str | Path) -> dict[tuple[str, str], str]:
                                  f"{where[key]}")
             decisions[key], where[key] = category, line
     return decisions
+
+
+def unknown_review_items(review: dict[tuple[str, str], str], items: Sequence[TestItem]) -> list[str]:
+    """Test ids named in the review file that are not among the compared test items, sorted.
+
+    A decision about an item that is not compared can never apply: a typo in a test id, or a test set (or
+    ``max_test_items``) that leaves the item out. Step 02 reports them rather than ignoring them.
+    """
+    known = {item.test_id for item in items}
+    return sorted({test_id for _, test_id in review} - known)
 
 
 def is_removed(category: str, eval_split: bool, cfg: ContaminationConfig) -> bool:

@@ -70,7 +70,9 @@ def flagged_heatmap(flagged: pd.DataFrame):
 def top_pairs(flagged: pd.DataFrame, benchmarks: Sequence[str], k: int = 12) -> pd.DataFrame:
     """The k most similar flagged pairs, pairs with ``benchmarks`` first (the evaluation splits' pairs, hundreds of
     exact copies by construction, would otherwise fill the table)."""
-    pairs = flagged[flagged["method"] != "source"].assign(_later=~flagged["benchmark"].isin(benchmarks))
+    pairs = flagged[flagged["method"] != "source"]
+    # computed on the filtered frame: assigning a Series to an empty frame would adopt the Series' rows
+    pairs = pairs.assign(_later=~pairs["benchmark"].isin(benchmarks))
     pairs = pairs.sort_values(["_later", "similarity"], ascending=[True, False]).head(k)
     return pairs[["benchmark", "similarity", "method", "category", "removed", "data_source", "train_text",
                   "test_text"]].reset_index(drop=True)
