@@ -200,6 +200,15 @@ class ContaminationConfig:
     extra_eval_sets: list[EvalSetConfig] = field(default_factory=list)
     # Cap per test set on the items compared (the first N; None: all). Only for quick tests.
     max_test_items: Optional[int] = None
+    # Rephrased test questions (docs/contamination.md). "evidence": stage one retrieves each training row's
+    # recall_top_k nearest test items (whole text, question stem after a passage, chunks of a long row) down to
+    # cosine recall_floor, stage two calls a pair the same question when its evidence score (segment similarity +
+    # content-word overlap + options carried + same answer) reaches verifier_threshold; such pairs are gray area, a
+    # verified-different pair is similar but different. "off": the paper's embedding rule and our lexical rules alone.
+    verifier: Literal["evidence", "off"] = "evidence"
+    recall_top_k: int = 5
+    recall_floor: float = 0.5
+    verifier_threshold: float = 1.35
 
     def validate(self, v: "_Validator") -> None:
         v.unit_interval(self.threshold, "threshold")
@@ -223,6 +232,11 @@ class ContaminationConfig:
         v.require(len(names) == len(set(names)), "extra_eval_sets", f"distinct names, got {names}")
         v.require(self.max_test_items is None or self.max_test_items > 0, "max_test_items",
                   "a positive integer or null")
+        v.require(self.recall_top_k > 0, "recall_top_k", "a positive integer")
+        v.require(0.0 <= self.recall_floor < self.threshold, "recall_floor",
+                  f"a cosine in [0, threshold ({self.threshold})): stage one must reach below the removal threshold, "
+                  f"got {self.recall_floor}")
+        v.require(self.verifier_threshold > 0, "verifier_threshold", "a positive score")
         if self.review_file is not None:
             v.existing_file(self.review_file, "review_file")
 

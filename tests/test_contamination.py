@@ -121,13 +121,13 @@ def planted(tmp_path_factory):
     rows = C.load_training_rows(path)
     train_texts = [C.training_text(r) for r in rows]
     test_texts = [i.text for i in items]
-    cache = EmbeddingCache("all-MiniLM-L6-v2")
-    train_emb = embed_texts(train_texts, cache=cache, show_progress=False)
-    test_emb = embed_texts(test_texts, cache=cache, show_progress=False)
+    pieces = C.embed_pieces(train_texts, items, "all-MiniLM-L6-v2", 16, EmbeddingCache("all-MiniLM-L6-v2"),
+                            show_progress=False)
+    train_emb, test_emb = pieces.train_whole, pieces.test_whole
     semantic = C.semantic_pairs(train_emb, test_emb, cfg.threshold)
     lexical = C.lexical_pairs(train_texts, test_texts, cfg.ngram_n, cfg.lexical_min_words,
                               cfg.lexical_max_test_items)
-    flagged = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, cfg, review={})
+    flagged = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, cfg, review={}, pieces=pieces)
     nearest, nearest_sim = C.nearest_training_rows(train_emb, test_emb)
     original = C.original_rule_removals(items, nearest, nearest_sim, cfg.threshold, cfg.benchmarks)
     clean, removed = C.split_rows(rows, flagged)

@@ -3,10 +3,12 @@
 The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 
 1. :func:`load_training_rows` (step 01's ``open_platypus.jsonl``) and :func:`load_test_items` (data/);
-2. ``platypus_nb.embeddings.embed_texts`` on both sides (cached), then :func:`semantic_pairs` (every pair at or
-   above the threshold) and :func:`nearest_training_rows` (each test item's nearest row, what the original used);
+2. :func:`embed_pieces` on both sides (whole texts, test items' question stems, long rows' chunks; cached), then
+   :func:`semantic_pairs` (every whole-text pair at or above the threshold) and :func:`nearest_training_rows` (each
+   test item's nearest row, what the original used);
 3. :func:`lexical_pairs` (verbatim test text or 13-grams of it inside a training row);
-4. :func:`flag_pairs` (evidence -> suggested category -> review override -> removal decision);
+4. :func:`flag_pairs` (stage one's candidates join the pairs, the verifier's evidence -> suggested category ->
+   review override -> removal decision; docs/contamination.md);
 5. :func:`split_rows`, :func:`summarize`, :func:`write_outputs`, and the figures in :mod:`.plots`.
 """
 
@@ -16,11 +18,15 @@ from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, nea
 from platypus_nb.contamination.categories import (answer_agreement, load_review, suggest_category,
                                                   unknown_review_items)
 from platypus_nb.contamination.lexical import lexical_pairs
+from platypus_nb.contamination.segments import chunks, question_stem
+from platypus_nb.contamination.verifier import (Pieces, embed_pieces, recall_candidates, test_pieces,
+                                                training_pieces)
 from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_test_items, load_test_set,
                                                 load_training_rows,
                                                 training_text, training_text_hash)
 
-__all__ = ["FLAGGED_COLUMNS", "TestItem", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
+__all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "question_stem", "recall_candidates",
+           "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
            "load_eval_set", "load_test_items", "load_test_set", "load_training_rows", "nearest_training_rows",
            "original_rule_removals", "semantic_pairs", "split_rows", "suggest_category", "summarize",
            "training_text", "training_text_hash", "unknown_review_items", "write_outputs"]

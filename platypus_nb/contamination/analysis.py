@@ -20,12 +20,14 @@ from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreeme
                                                   suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
+from platypus_nb.contamination.verifier import Pieces, recall_candidates, segment_similarity, verify
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, write_jsonl
 
 FLAGGED_COLUMNS = ["train_index", "benchmark", "test_id", "similarity", "method", "category", "train_text",
                    "test_text", "ngram_overlap", "answer_agreement", "numbers_differ", "suggested_category",
-                   "reviewed", "removed", "data_source", "train_hash"]
+                   "reviewed", "removed", "data_source", "train_hash", "segment_similarity", "word_overlap",
+                   "options_found", "verifier_score", "verifier_same"]
 # Within a training row, its pairs are listed most severe category first.
 _SEVERITY = {"duplicate": 0, "gray_area": 1, "similar_but_different": 2}
 
@@ -56,31 +58,50 @@ def original_rule_removals(items: Sequence[TestItem], nearest: np.ndarray, neare
 
 def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semantic: pd.DataFrame,
                lexical: pd.DataFrame, train_emb: np.ndarray, test_emb: np.ndarray, cfg: ContaminationConfig,
-               review: Optional[dict[tuple[str, str], str]] = None) -> pd.DataFrame:
+               review: Optional[dict[tuple[str, str], str]] = None, pieces: Optional[Pieces] = None) -> pd.DataFrame:
     """One row per flagged pair (columns ``FLAGGED_COLUMNS``), with suggested and final category and decision.
 
     ``method`` is the strongest evidence: ``exact`` (whole test text in the row), ``ngram`` (some of its n-grams),
-    ``embedding`` (similarity only) or ``source`` (the row's data_source is an evaluation split). ``similarity`` is
-    the cosine for every pair, also those found lexically.
+    ``embedding`` (whole-text similarity at or above the threshold), ``segment`` (retrieved by stage one only: a
+    stem, a chunk or a nearest item below the threshold) or ``source`` (the row's data_source is an evaluation
+    split). ``similarity`` is the whole-text cosine for every pair. With ``cfg.verifier`` on and ``pieces`` given,
+    stage one's candidates join the pairs and every pair gets the verifier's evidence; a candidate found by stage
+    one alone is kept only when the verifier calls it the same question.
     """
     pairs = semantic.merge(lexical, on=["train_index", "test_index"], how="outer")
+    verifying = cfg.verifier != "off" and pieces is not None
+    if verifying:
+        candidates = recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
+        pairs = pairs.merge(candidates[["train_index", "test_index"]].assign(recalled=True),
+                            on=["train_index", "test_index"], how="outer")
     r = pairs["train_index"].to_numpy(dtype=int)
     t = pairs["test_index"].to_numpy(dtype=int)
     pairs["similarity"] = np.einsum("ij,ij->i", train_emb[r], test_emb[t]) if len(pairs) else []
     pairs["ngram_overlap"] = pairs["ngram_overlap"].fillna(0.0)
     pairs["exact"] = pairs["exact"].astype("boolean").fillna(False).astype(bool)
-    pairs["method"] = np.where(pairs["exact"], "exact", np.where(pairs["ngram_overlap"] > 0, "ngram", "embedding"))
+    pairs["method"] = np.where(pairs["exact"], "exact", np.where(
+        pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
+    pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
     records = []
     for p in pairs.itertuples(index=False):
         row, item = rows[p.train_index], items[p.test_index]
+        text = training_text(row)
         agreement = answer_agreement(row["output"], item)
-        differ = numbers_differ(training_text(row), item.text)
+        differ = numbers_differ(text, item.text)
+        overlap, options, score = verify(text, item, p.segment_similarity, agreement) if verifying else \
+            (float("nan"), float("nan"), float("nan"))
+        same = bool(score >= cfg.verifier_threshold) if verifying else None
+        if p.method == "segment" and not same:
+            continue
         suggested = suggest_category(method=p.method, similarity=p.similarity, ngram_overlap=p.ngram_overlap,
                                      exact=p.exact, coverage=p.coverage if p.exact else 1.0,
                                      short_text=len(words(item.text)) < cfg.ngram_n, agreement=agreement,
-                                     numbers_differ=differ, cfg=cfg)
+                                     numbers_differ=differ, cfg=cfg, verifier_same=same)
         records.append(_record(p.train_index, row, item.test_set, item.test_id, item.text, p.similarity, p.method,
-                               p.ngram_overlap, agreement, differ, suggested))
+                               p.ngram_overlap, agreement, differ, suggested)
+                       | {"segment_similarity": float(p.segment_similarity), "word_overlap": overlap,
+                          "options_found": options, "verifier_score": score,
+                          "verifier_same": "" if same is None else same})
     records.extend(_source_records(rows, cfg))
     flagged = pd.DataFrame.from_records(records, columns=[c for c in FLAGGED_COLUMNS
                                                           if c not in ("category", "reviewed", "removed")])
@@ -101,6 +122,8 @@ def _source_records(rows: Sequence[dict[str, Any]], cfg: ContaminationConfig) ->
     sources = set(cfg.eval_split_sources)
     return [_record(i, row, "eval_split_source", f"source:{row['data_source']}", "", float("nan"), "source", 0.0,
                     "unknown", False, "duplicate")
+            | {"segment_similarity": float("nan"), "word_overlap": float("nan"), "options_found": float("nan"),
+               "verifier_score": float("nan"), "verifier_same": ""}
             for i, row in enumerate(rows) if row.get("data_source") in sources]
 
 

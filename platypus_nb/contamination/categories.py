@@ -68,8 +68,10 @@ def numbers_differ(train_text: str, test_text: str) -> bool:
 
 
 def suggest_category(*, method: str, similarity: float, ngram_overlap: float, exact: bool, coverage: float,
-                     short_text: bool, agreement: str, numbers_differ: bool, cfg: ContaminationConfig) -> str:
-    """The suggested category of one flagged pair, by the rules in this module's docstring."""
+                     short_text: bool, agreement: str, numbers_differ: bool, cfg: ContaminationConfig,
+                     verifier_same: Optional[bool] = None) -> str:
+    """The suggested category of one flagged pair, by the rules in this module's docstring (``verifier_same``:
+    stage two's decision, None with the verifier off)."""
     if method == "source":
         return "duplicate"
     if exact:
@@ -79,6 +81,8 @@ def suggest_category(*, method: str, similarity: float, ngram_overlap: float, ex
         return "similar_but_different"
     if ngram_overlap >= cfg.duplicate_overlap or similarity >= cfg.duplicate_similarity:
         return "duplicate"
+    if verifier_same is not None:
+        return "gray_area" if verifier_same else "similar_but_different"
     return "gray_area" if similarity >= cfg.threshold else "similar_but_different"
 
 

@@ -1,0 +1,329 @@
+"""The detector evaluation set: training rows that reword a real test item (positives) or ask something else on the
+same topic (hard negatives), built by deterministic rules from the vendored benchmark data, and its scoring.
+
+Each row is a training row (``instruction``, ``input``, ``output``, ``data_source``) plus ``id``, ``kind``,
+``benchmark``, ``label`` (1: it reproduces the test item ``test_id``; 0: it does not reproduce any test item, and
+``test_id`` is its nearest test item of the same subject, for reading) and ``split`` (``dev`` / ``heldout`` by a
+hash of the id: rules are tuned on dev, reported on both). How each kind is made is in ``KINDS`` and in
+docs/contamination.md; every rule is a text rewrite written here (no model generated any row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import defaultdict
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from platypus_nb.assets import data_file
+from platypus_nb.contamination.segments import question_stem
+from platypus_nb.contamination.testsets import TestItem, load_test_set
+from platypus_nb.io import read_jsonl
+
+KINDS = {
+    # positives
+    "verbatim": "the test question copied unchanged (a control: today's rule already removes it)",
+    "options_appended": "the question with its options appended as 'A. ...' lines (control)",
+    "options_reordered": "the question reworded (synonym table) with its options shuffled and re-lettered",
+    "options_dropped": "the question reworded (synonym table) with only the correct option and one distractor",
+    "synonyms": "every word found in a hand-written table of exam-question synonyms replaced (with probability 0.9)",
+    "reframed": "the question frame rewritten by hand-written templates (imperative for interrogative, "
+                "'Which of the following' to 'Identify the ... below', passive 'is/are ... by'), plus synonyms",
+    "passage_stripped": "an MMLU item with a source passage asked by its question stem alone, reworded",
+    "context_continued": "a HellaSwag context reworded, with its correct ending as the training answer",
+    # hard negatives
+    "same_subject": "an MMLU dev/validation question against its nearest MMLU test item of the same subject",
+    "arc_validation": "an ARC-Challenge/Easy validation question against its nearest ARC-Challenge test item",
+    "other_numbers": "a test question with every number changed (the same template, another problem)",
+    "other_entity": "a TruthfulQA question with its named place or person swapped for another",
+}
+POSITIVE_KINDS = ("verbatim", "options_appended", "options_reordered", "options_dropped", "synonyms", "reframed",
+                  "passage_stripped", "context_continued")
+
+# Exam-question synonyms, written by hand: each word maps to one replacement of the same part of speech.
+SYNONYMS = {
+    "which": "what", "following": "listed", "best": "most accurately", "describes": "characterizes",
+    "describe": "characterize", "most": "mostly", "likely": "probably", "because": "since", "shows": "demonstrates",
+    "show": "demonstrate", "increase": "rise", "increases": "rises", "decrease": "drop", "decreases": "drops",
+    "large": "big", "small": "little", "used": "employed", "use": "employ", "uses": "employs", "using": "employing",
+    "important": "significant", "example": "instance", "result": "outcome", "results": "outcomes",
+    "cause": "bring about", "causes": "brings about", "caused": "brought about", "change": "alteration",
+    "changes": "alterations", "student": "pupil", "students": "pupils", "scientist": "researcher",
+    "scientists": "researchers", "determine": "establish", "identify": "pinpoint", "explain": "account for",
+    "happens": "occurs", "happen": "occur", "begin": "start", "begins": "starts", "began": "started",
+    "problem": "issue", "method": "technique", "purpose": "aim", "effect": "consequence", "effects": "consequences",
+    "correct": "right", "true": "accurate", "false": "untrue", "statement": "assertion", "statements": "assertions",
+    "person": "individual", "people": "individuals", "man": "gentleman", "woman": "lady", "child": "kid",
+    "children": "kids", "buy": "purchase", "bought": "purchased", "help": "assist", "helps": "assists",
+    "needed": "required", "need": "require", "needs": "requires", "enough": "sufficient", "quickly": "rapidly",
+    "fast": "rapid", "slow": "sluggish", "area": "region", "areas": "regions", "energy": "power",
+    "light": "illumination", "water": "H2O", "air": "atmosphere", "earth": "Earth's", "rock": "stone",
+    "rocks": "stones", "plant": "vegetation", "animal": "creature", "animals": "creatures", "body": "organism",
+    "city": "town", "country": "nation", "countries": "nations", "government": "administration",
+    "law": "statute", "laws": "statutes", "court": "tribunal", "agreement": "accord", "contract": "agreement",
+    "claim": "assertion", "evidence": "proof", "rule": "regulation", "rules": "regulations", "right": "entitlement",
+    "made": "produced", "make": "produce", "makes": "produces", "get": "obtain", "gets": "obtains", "got": "obtained",
+    "find": "locate", "found": "located", "main": "principal", "primary": "principal",
+    "typically": "usually", "often": "frequently", "always": "invariably", "never": "at no time", "also": "as well",
+    "however": "nevertheless", "therefore": "thus", "about": "regarding", "between": "amongst", "before": "prior to",
+    "after": "following", "during": "throughout", "within": "inside", "without": "lacking", "called": "termed",
+    "known": "recognized", "consider": "contemplate", "considered": "regarded", "suppose": "assume",
+    "assume": "suppose", "given": "provided", "gives": "provides", "give": "provide", "wants": "wishes",
+    "want": "wish", "tells": "informs", "tell": "inform", "said": "stated", "says": "states", "say": "state",
+    "asked": "requested", "ask": "request", "answer": "response", "answers": "responses", "question": "query",
+    "questions": "queries", "difference": "distinction", "different": "distinct", "similar": "alike",
+    "same": "identical", "several": "a number of", "many": "numerous", "each": "every", "all": "every one of",
+    "only": "solely", "first": "initial", "last": "final", "higher": "greater", "lower": "lesser",
+    "possible": "feasible", "able": "capable", "allow": "permit", "allows": "permits",
+    "prevent": "stop", "prevents": "stops", "protect": "shield", "provide": "supply", "provides": "supplies",
+    "produce": "generate", "produces": "generates", "occur": "take place", "occurs": "takes place",
+    "measure": "gauge", "measured": "gauged", "observe": "watch", "observed": "watched", "test": "trial",
+    "tests": "trials", "experiment": "investigation", "study": "investigation", "research": "inquiry",
+    "information": "data", "idea": "notion", "ideas": "notions", "reason": "motive", "type": "kind",
+    "types": "kinds", "part": "portion", "parts": "portions", "form": "shape", "forms": "shapes",
+    "process": "procedure", "system": "arrangement", "structure": "organization", "function": "role",
+    "feature": "characteristic", "features": "characteristics", "property": "attribute",
+    "properties": "attributes", "characteristic": "trait", "characteristics": "traits", "kind": "sort",
+    "patient": "sufferer", "doctor": "physician", "disease": "illness", "treatment": "therapy",
+    "drug": "medication", "pain": "discomfort", "blood": "bloodstream", "heart": "cardiac organ",
+}
+
+_FRAMES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^Which of the following (is|are) (.*)\?$", re.S), r"Identify, among the options below, what \1 \2."),
+    (re.compile(r"^Which of the following (.*)\?$", re.S), r"From the choices given, pick the one that \1."),
+    (re.compile(r"^What is the (.*)\?$", re.S), r"Please state the \1."),
+    (re.compile(r"^What are the (.*)\?$", re.S), r"Please list the \1."),
+    (re.compile(r"^What (is|are) (.*)\?$", re.S), r"Tell me what \2 \1."),
+    (re.compile(r"^What happens if (.*)\?$", re.S), r"Describe the consequence if \1."),
+    (re.compile(r"^What happens to (.*)\?$", re.S), r"Describe what becomes of \1."),
+    (re.compile(r"^Why (do|does|did) (.*)\?$", re.S), r"Explain the reason that \2."),
+    (re.compile(r"^How (do|does|did) (.*)\?$", re.S), r"Explain the way in which \2."),
+    (re.compile(r"^How many (.*)\?$", re.S), r"Give the number of \1."),
+    (re.compile(r"^Who (.*)\?$", re.S), r"Name the person who \1."),
+    (re.compile(r"^Where (.*)\?$", re.S), r"Name the place where \1."),
+    (re.compile(r"^When (.*)\?$", re.S), r"Give the time when \1."),
+    (re.compile(r"^(Is|Are|Can|Do|Does) (.*)\?$", re.S), r"True or false: \2."),
+    (re.compile(r"^(.*) is (\w+ed) by (.*)$", re.S), r"\3 \2 \1"),
+]
+
+_NUMBER = re.compile(r"(?<![\w.])(\d+)(?![\w])")
+# Swaps of the same kind for TruthfulQA's named places and people.
+ENTITIES = ["France", "Germany", "Japan", "China", "Canada", "Mexico", "Brazil", "India", "Italy", "Spain",
+            "Russia", "Australia", "Ireland", "Scotland", "England", "Sweden", "Norway", "Egypt", "Nigeria",
+            "Argentina", "London", "Paris", "Tokyo", "Berlin", "Rome", "Madrid", "Chicago", "Boston", "Texas",
+            "California", "New York", "Los Angeles", "Einstein", "Newton", "Lincoln", "Napoleon", "Shakespeare",
+            "Elvis", "Obama", "Trump", "Bill Gates", "Steve Jobs", "Elon Musk"]
+
+
+def split_of(row_id: str) -> str:
+    """``dev`` or ``heldout``, half each, by the id's hash: stable whatever else changes in the set."""
+    return "dev" if int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) % 2 == 0 else "heldout"
+
+
+def synonymise(text: str, rng: random.Random, rate: float = 0.9) -> str:
+    """Replace words found in ``SYNONYMS`` (each with probability ``rate``), keeping an initial capital."""
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        new = SYNONYMS.get(word.lower())
+        if new is None or rng.random() > rate:
+            return word
+        return new[0].upper() + new[1:] if word[0].isupper() else new
+    return re.sub(r"[A-Za-z]+", swap, text)
+
+
+def reframe(text: str, rng: random.Random) -> str:
+    """The first matching frame template applied, then synonyms; ``text`` unchanged by frames if none matches."""
+    for pattern, repl in _FRAMES:
+        if pattern.match(text.strip()):
+            text = pattern.sub(repl, text.strip(), count=1)
+            break
+    return synonymise(text, rng)
+
+
+def change_numbers(text: str, rng: random.Random) -> Optional[str]:
+    """Every integer in the text replaced by another of similar size; None if the text has no number."""
+    if not _NUMBER.search(text):
+        return None
+    return _NUMBER.sub(lambda m: str(int(m.group(1)) + rng.choice([1, 2, 3, 5, 7])), text)
+
+
+def _lettered(options: Sequence[str]) -> str:
+    return "\n".join(f"{'ABCDEFGH'[i]}. {o}" for i, o in enumerate(options))
+
+
+def _row(row_id: str, kind: str, item_or_set: TestItem | str, label: int, instruction: str, output: str,
+         test_id: str, input: str = "") -> dict[str, Any]:
+    benchmark = item_or_set if isinstance(item_or_set, str) else item_or_set.test_set
+    return {"id": row_id, "kind": kind, "benchmark": benchmark, "label": label, "test_id": test_id,
+            "split": split_of(row_id), "instruction": instruction, "input": input, "output": output,
+            "data_source": f"detector_eval/{kind}"}
+
+
+def _differs(a: str, b: str) -> bool:
+    return re.sub(r"\W+", " ", a).lower().strip() != re.sub(r"\W+", " ", b).lower().strip()
+
+
+def build_positives(items_by_set: dict[str, list[TestItem]], seed: int, per_kind: dict[str, int]) -> list[dict]:
+    """Rewordings of real test items, ``per_kind[benchmark/kind]`` of each, items drawn with ``seed``."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    makers: dict[str, Callable[[TestItem], Optional[tuple[str, str, str]]]] = {
+        "verbatim": lambda it: (it.text, "", it.answer or ""),
+        "options_appended": lambda it: (it.text + "\n" + _lettered(it.choices), "", it.answer or "")
+        if it.choices else None,
+        "options_reordered": lambda it: _reordered(it, rng),
+        "options_dropped": lambda it: _dropped(it, rng),
+        "synonyms": lambda it: (synonymise(it.text, rng), "", it.answer or ""),
+        "reframed": lambda it: (reframe(it.text, rng), "", it.answer or ""),
+        "passage_stripped": lambda it: (synonymise(question_stem(it.text), rng, 0.6), "", it.answer or "")
+        if question_stem(it.text) != it.text else None,
+        "context_continued": lambda it: ("Continue the description: " + synonymise(it.text, rng), "",
+                                         it.answer or ""),
+    }
+    for key, n in per_kind.items():
+        benchmark, kind = key.split("/")
+        pool = list(items_by_set[benchmark])
+        if kind == "passage_stripped":
+            # A stem shared by several items ("Which of the following was the most immediate consequence of the
+            # events described in the excerpt above?") names none of them: only stems unique in the test set.
+            stems = defaultdict(int)
+            for it in pool:
+                stems[question_stem(it.text)] += 1
+            pool = [it for it in pool if question_stem(it.text) != it.text and stems[question_stem(it.text)] == 1
+                    and len(question_stem(it.text).split()) >= 10]
+        rng.shuffle(pool)
+        made = 0
+        for item in pool:
+            if made == n:
+                break
+            out = makers[kind](item)
+            if out is None or (kind not in ("verbatim", "options_appended") and not _differs(out[0], item.text)):
+                continue
+            instruction, inp, output = out
+            rows.append(_row(f"{kind}:{item.test_id}", kind, item, 1, instruction, output, item.test_id, inp))
+            made += 1
+    return rows
+
+
+def _reordered(item: TestItem, rng: random.Random) -> Optional[tuple[str, str, str]]:
+    if len(item.choices) < 3:
+        return None
+    options = list(item.choices)
+    rng.shuffle(options)
+    return synonymise(item.text, rng, 0.6) + "\n" + _lettered(options), "", item.answer or ""
+
+
+def _dropped(item: TestItem, rng: random.Random) -> Optional[tuple[str, str, str]]:
+    wrong = [c for c in item.choices if c != item.answer]
+    if not wrong or not item.answer:
+        return None
+    options = [item.answer, rng.choice(wrong)]
+    rng.shuffle(options)
+    return synonymise(item.text, rng, 0.6) + "\n" + _lettered(options), "", item.answer
+
+
+def build_negatives(items_by_set: dict[str, list[TestItem]], embed: Callable[[list[str]], np.ndarray], seed: int,
+                    counts: dict[str, int]) -> list[dict]:
+    """Same-topic questions that ask something else: the ``counts[kind]`` hardest (most similar to their nearest
+    test item) of each, and numbers / entities changed by rule."""
+    rng = random.Random(seed + 1)
+    rows: list[dict] = []
+    mmlu = items_by_set["mmlu"]
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(mmlu):
+        by_subject[it.test_id.split(":")[1]].append(i)
+    test_texts = {re.sub(r"\W+", " ", it.text).lower().strip() for s in items_by_set.values() for it in s}
+
+    # MMLU dev / validation against the test items of their subject
+    candidates = []
+    for split in ("mmlu_dev.jsonl.gz", "mmlu_validation.jsonl.gz"):
+        for n, r in enumerate(read_jsonl(data_file(split))):
+            if re.sub(r"\W+", " ", r["question"]).lower().strip() not in test_texts:
+                candidates.append((split.split(".")[0], n, r))
+    mmlu_emb = embed([it.text for it in mmlu])
+    cand_emb = embed([r["question"] for _, _, r in candidates])
+    scored = []
+    for (split, n, r), v in zip(candidates, cand_emb):
+        idx = by_subject[r["subject"]]
+        sims = mmlu_emb[idx] @ v
+        j = int(np.argmax(sims))
+        scored.append((float(sims[j]), split, n, r, mmlu[idx[j]]))
+    scored.sort(key=lambda s: -s[0])
+    for sim, split, n, r, nearest in scored[:counts["same_subject"]]:
+        rows.append(_row(f"same_subject:{split}:{r['subject']}:{n}", "same_subject", "mmlu", 0, r["question"], "",
+                         nearest.test_id) | {"output": str(r["choices"][r["answer"]])})
+
+    # ARC validation against ARC-Challenge test
+    arc = items_by_set["arc_challenge"]
+    arc_emb = embed([it.text for it in arc])
+    val = [(f, r) for f in ("arc_challenge_validation.jsonl.gz", "arc_easy_validation.jsonl.gz")
+           for r in read_jsonl(data_file(f)) if re.sub(r"\W+", " ", r["question"]).lower().strip() not in test_texts]
+    val_emb = embed([r["question"] for _, r in val])
+    sims = val_emb @ arc_emb.T
+    order = np.argsort(-sims.max(axis=1))[:counts["arc_validation"]]
+    for k in order:
+        _, r = val[k]
+        answer = r["choices"]["text"][r["choices"]["label"].index(r["answerKey"])]
+        rows.append(_row(f"arc_validation:{r['id']}", "arc_validation", "arc_challenge", 0, r["question"], answer,
+                         arc[int(sims[k].argmax())].test_id))
+
+    # Other numbers: MMLU and ARC test items with numbers, every number changed; no answer is known
+    numbered = [it for s in ("mmlu", "arc_challenge") for it in items_by_set[s] if len(_NUMBER.findall(it.text)) >= 2
+                and len(it.text.split()) < 120]
+    rng.shuffle(numbered)
+    for it in numbered[:counts["other_numbers"]]:
+        rows.append(_row(f"other_numbers:{it.test_id}", "other_numbers", it, 0, change_numbers(it.text, rng), "",
+                         it.test_id))
+
+    # Other entity: TruthfulQA questions naming a place or person, swapped for another of the list
+    tqa = [it for it in items_by_set["truthfulqa"] if any(re.search(rf"\b{e}\b", it.text) for e in ENTITIES)]
+    rng.shuffle(tqa)
+    for it in tqa[:counts["other_entity"]]:
+        entity = next(e for e in ENTITIES if re.search(rf"\b{e}\b", it.text))
+        other = rng.choice([e for e in ENTITIES if e != entity and not re.search(rf"\b{e}\b", it.text)])
+        rows.append(_row(f"other_entity:{it.test_id}", "other_entity", it, 0,
+                         re.sub(rf"\b{entity}\b", other, it.text), "", it.test_id))
+    return rows
+
+
+# How many rows of each kind: at least 300 positives over all four benchmarks and 300 hard negatives.
+POSITIVE_COUNTS = {
+    "mmlu/verbatim": 10, "mmlu/options_appended": 10, "mmlu/passage_stripped": 70, "mmlu/synonyms": 50,
+    "mmlu/reframed": 40, "mmlu/options_reordered": 30, "mmlu/options_dropped": 30,
+    "arc_challenge/verbatim": 5, "arc_challenge/synonyms": 30, "arc_challenge/reframed": 25,
+    "arc_challenge/options_reordered": 15, "arc_challenge/options_dropped": 15,
+    "truthfulqa/verbatim": 5, "truthfulqa/synonyms": 30, "truthfulqa/reframed": 25,
+    "truthfulqa/options_dropped": 10,
+    "hellaswag/verbatim": 5, "hellaswag/synonyms": 30, "hellaswag/context_continued": 25,
+}
+NEGATIVE_COUNTS = {"same_subject": 200, "arc_validation": 100, "other_numbers": 60, "other_entity": 40}
+
+
+def build_eval_set(embed: Callable[[list[str]], np.ndarray], seed: int = 0) -> list[dict]:
+    """The whole set, positives then negatives, from the vendored data."""
+    items_by_set = {name: load_test_set(name) for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")}
+    return (build_positives(items_by_set, seed, POSITIVE_COUNTS)
+            + build_negatives(items_by_set, embed, seed, NEGATIVE_COUNTS))
+
+
+def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
+           ) -> dict[str, float]:
+    """Precision, recall and F1 of "removed" against ``label``; a positive counts as found only when removed by a
+    pair with its own test item, if ``removed_with`` (row -> test ids of its removing pairs) is given."""
+    tp = fp = fn = 0
+    for i, r in enumerate(rows):
+        hit = i in removed and (removed_with is None or r["label"] == 0 or r["test_id"] in removed_with.get(i, ()))
+        if r["label"] == 1:
+            tp += hit
+            fn += not hit
+        else:
+            fp += i in removed
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    negatives = sum(r["label"] == 0 for r in rows)
+    return {"positives": tp + fn, "negatives": negatives, "tp": tp, "fp": fp, "fn": fn, "precision": precision,
+            "recall": recall, "f1": f1, "negatives_removed": fp / negatives if negatives else float("nan")}

@@ -1,0 +1,178 @@
+"""Stage two of step 02: is a retrieved (training row, test item) pair the same question, or another question on
+the same topic? The rules and their measured precision / recall are in docs/contamination.md.
+
+Stage one (:func:`recall_candidates`) retrieves, for every training row and each of its pieces (whole text, chunks of
+a long row), the ``top_k`` nearest test items over theirs (whole text, question stem after a passage), above a
+similarity floor well below the removal threshold. It finds rewordings the whole-text embedding misses: a stem asked
+without its passage, a question buried in a long row.
+
+Stage two is the *evidence verifier*: no model, a decision over evidence that is cheap to compute and that an
+embedding cannot see: how many of the test question's content words the row uses (a rewording keeps most of its
+terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
+item's options, and whether its answer is the test item's answer. ``verifier_score`` is a weighted sum of them; a
+pair is the same question at or above ``verifier_threshold``. Models were measured against it on the evaluation set
+(benchmarks/README.md): see docs/contamination.md for why this one is the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from platypus_nb.contamination.lexical import contains_words, normalised, words
+from platypus_nb.contamination.segments import chunks, question_stem
+from platypus_nb.contamination.testsets import TestItem
+from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
+
+VERIFIER_VERSION = "evidence-1"
+
+# Function words and exam boilerplate: shared by any two questions, evidence of nothing.
+STOPWORDS = frozenset("""
+a an the of to in on at by for with from as and or but if then than so that this these those there here it its
+is are was were be been being am do does did done has have had having not no nor can could will would shall should
+may might must which what who whom whose when where why how all any both each few more most other some such only own
+same too very just also into out up down over under again further once one two three i me my we our you your he
+him his she her they them their following best statement statements true false correct incorrect choose answer
+question option options describe describes described explain identify tell state give list name please among
+below above given pick choices from about
+""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words that are not stop words, cut to their first six letters (a crude stem: "describes" and
+    "described" meet, "photosynthesis" and "photosynthetic" too)."""
+    return {w[:6] for w in words(text) if w not in STOPWORDS and len(w) > 1}
+
+
+def word_overlap(train_text: str, test_text: str) -> float:
+    """The share of the test text's content words that the training text uses (0 when it has none)."""
+    test = content_words(test_text)
+    return len(test & content_words(train_text)) / len(test) if test else 0.0
+
+
+def options_found(train_text: str, item: TestItem) -> float:
+    """The share of the test item's options (of three words or more, or any when all are short) found verbatim in
+    the training text; 0 for an item without options."""
+    options = [normalised(c) for c in item.choices if normalised(c)]
+    if not options:
+        return 0.0
+    text = normalised(train_text)
+    return sum(contains_words(text, o) for o in options) / len(options)
+
+
+# ------------------------------------------------------------------------------------------------ stage one
+
+
+def training_pieces(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Every training text, then the chunks of the long ones; and the row each piece belongs to."""
+    pieces, owner = list(texts), list(range(len(texts)))
+    for i, text in enumerate(texts):
+        for chunk in chunks(text):
+            pieces.append(chunk)
+            owner.append(i)
+    return pieces, np.array(owner, dtype=np.int64)
+
+
+def test_pieces(items: Sequence[TestItem]) -> tuple[list[str], np.ndarray]:
+    """Every test item's text, then the question stems of the items with a passage; and the item of each piece.
+
+    The first ``len(items)`` pieces are the items' whole texts, in order: their vectors are the paper's."""
+    pieces, owner = [item.text for item in items], list(range(len(items)))
+    for i, item in enumerate(items):
+        stem = question_stem(item.text)
+        if stem != item.text:
+            pieces.append(stem)
+            owner.append(i)
+    return pieces, np.array(owner, dtype=np.int64)
+
+
+@dataclass
+class Pieces:
+    """Embedded pieces of both sides and the row / item each belongs to; the first pieces are the whole texts."""
+
+    train_emb: np.ndarray
+    train_owner: np.ndarray
+    test_emb: np.ndarray
+    test_owner: np.ndarray
+    n_train: int
+    n_test: int
+
+    @property
+    def train_whole(self) -> np.ndarray:
+        """The training rows' whole-text vectors: the paper's."""
+        return self.train_emb[:self.n_train]
+
+    @property
+    def test_whole(self) -> np.ndarray:
+        return self.test_emb[:self.n_test]
+
+
+def embed_pieces(train_texts: Sequence[str], items: Sequence[TestItem], model: str, batch_size: int,
+                 cache: Optional[EmbeddingCache] = None, show_progress: bool = True) -> Pieces:
+    """Embed every piece of both sides (cached by text, like the whole texts)."""
+    train, train_owner = training_pieces(train_texts)
+    test, test_owner = test_pieces(items)
+    return Pieces(embed_texts(train, model, batch_size, cache, show_progress), train_owner,
+                  embed_texts(test, model, batch_size, cache, show_progress), test_owner, len(train_texts), len(items))
+
+
+def recall_candidates(pieces: Pieces, top_k: int, floor: float, block_size: int = 1024) -> pd.DataFrame:
+    """Each training row's ``top_k`` nearest test items (best similarity over their pieces) at or above ``floor``:
+    ``train_index, test_index, segment_similarity``."""
+    train_emb, train_owner, test_emb, test_owner = (pieces.train_emb, pieces.train_owner, pieces.test_emb,
+                                                    pieces.test_owner)
+    columns = {"train_index": int, "test_index": int, "segment_similarity": float}
+    if len(train_emb) == 0 or len(test_emb) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+    # a few more pieces than top_k per row piece, since an item's whole text and stem may both be near
+    width = min(len(test_emb), 2 * top_k + 2)
+    frames = []
+    for start, sims in iter_similarity_blocks(train_emb, test_emb, block_size):
+        top = np.argpartition(-sims, width - 1, axis=1)[:, :width]
+        rows = np.repeat(np.arange(start, start + len(sims)), width)
+        frames.append(pd.DataFrame({"train_index": train_owner[rows], "test_index": test_owner[top.ravel()],
+                                    "segment_similarity": np.take_along_axis(sims, top, axis=1).ravel()}))
+    found = pd.concat(frames, ignore_index=True)
+    found = found[found["segment_similarity"] >= floor]
+    best = found.groupby(["train_index", "test_index"], as_index=False)["segment_similarity"].max()
+    best = best.sort_values(["train_index", "segment_similarity"], ascending=[True, False])
+    return best.groupby("train_index").head(top_k).astype(columns).reset_index(drop=True)
+
+
+def segment_similarity(pairs: pd.DataFrame, pieces: Pieces) -> np.ndarray:
+    """For given pairs, the best cosine over (row piece, item piece): the whole-text cosine for most pairs."""
+    train_of, test_of = _pieces_of(pieces.train_owner), _pieces_of(pieces.test_owner)
+    out = np.empty(len(pairs), dtype=np.float64)
+    for n, (r, t) in enumerate(zip(pairs["train_index"], pairs["test_index"])):
+        out[n] = float((pieces.train_emb[train_of[r]] @ pieces.test_emb[test_of[t]].T).max())
+    return out
+
+
+def _pieces_of(owner: np.ndarray) -> dict[int, list[int]]:
+    of: dict[int, list[int]] = {}
+    for piece, o in enumerate(owner.tolist()):
+        of.setdefault(o, []).append(piece)
+    return of
+
+
+# ------------------------------------------------------------------------------------------------ stage two
+
+# Weights of the evidence score (chosen on the evaluation set's dev half; docs/contamination.md).
+W_SIMILARITY, W_OVERLAP, W_OPTIONS, W_ANSWER = 1.0, 1.0, 0.5, 0.2
+
+
+def evidence_score(segment_sim: float, overlap: float, options: float, agreement: str) -> float:
+    """The evidence verifier's score: segment similarity + content-word overlap + options carried + same answer."""
+    return (W_SIMILARITY * segment_sim + W_OVERLAP * overlap + W_OPTIONS * options
+            + W_ANSWER * (agreement == "same"))
+
+
+def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str) -> tuple[float, float, float]:
+    """(word overlap with the best-matching test piece, options found, score) for one pair."""
+    stem = question_stem(item.text)
+    overlap = max(word_overlap(train_text, item.text), word_overlap(train_text, stem) if stem != item.text else 0.0)
+    options = options_found(train_text, item)
+    return overlap, options, evidence_score(segment_sim, overlap, options, agreement)
