@@ -18,7 +18,7 @@ from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, nea
 from platypus_nb.contamination.categories import (answer_agreement, load_review, suggest_category,
                                                   unknown_review_items)
 from platypus_nb.contamination.lexical import lexical_pairs
-from platypus_nb.contamination.segments import chunks, question_stem
+from platypus_nb.contamination.segments import chunks, question_stem, window_cut
 from platypus_nb.contamination.verifier import (Pieces, embed_pieces, recall_candidates, test_pieces,
                                                 training_pieces)
 from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_test_items, load_test_set,
@@ -29,4 +29,4 @@ __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "q
            "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
            "load_eval_set", "load_test_items", "load_test_set", "load_training_rows", "nearest_training_rows",
            "original_rule_removals", "semantic_pairs", "split_rows", "suggest_category", "summarize",
-           "training_text", "training_text_hash", "unknown_review_items", "write_outputs"]
+           "training_text", "training_text_hash", "unknown_review_items", "window_cut", "write_outputs"]

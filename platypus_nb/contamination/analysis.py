@@ -19,6 +19,7 @@ from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
 from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, numbers_differ,
                                                   suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
+from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
 from platypus_nb.contamination.verifier import Pieces, recall_candidates, segment_similarity, verify
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
@@ -88,9 +89,13 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         text = training_text(row)
         agreement = answer_agreement(row["output"], item)
         differ = numbers_differ(text, item.text)
-        overlap, options, score = verify(text, item, p.segment_similarity, agreement) if verifying else \
-            (float("nan"), float("nan"), float("nan"))
-        same = bool(score >= cfg.verifier_threshold) if verifying else None
+        if verifying:
+            # a row asking the stem alone lacks the passage's numbers, not the question's
+            differ = differ and numbers_differ(text, question_stem(item.text))
+            overlap, options, score, same = verify(text, item, p.segment_similarity, agreement,
+                                                   cfg.verifier_threshold)
+        else:
+            overlap, options, score, same = float("nan"), float("nan"), float("nan"), None
         if p.method == "segment" and not same:
             continue
         suggested = suggest_category(method=p.method, similarity=p.similarity, ngram_overlap=p.ngram_overlap,

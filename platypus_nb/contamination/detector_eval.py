@@ -5,7 +5,8 @@ Each row is a training row (``instruction``, ``input``, ``output``, ``data_sourc
 ``benchmark``, ``label`` (1: it reproduces the test item ``test_id``; 0: it does not reproduce any test item, and
 ``test_id`` is its nearest test item of the same subject, for reading) and ``split`` (``dev`` / ``heldout`` by a
 hash of the id: rules are tuned on dev, reported on both). How each kind is made is in ``KINDS`` and in
-docs/contamination.md; every rule is a text rewrite written here (no model generated any row).
+docs/contamination.md; every rule is a text rewrite written here, and 27 rewordings were written by hand (``HAND_WRITTEN``); no model
+generated any row.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ KINDS = {
     "options_dropped": "the question reworded (synonym table) with only the correct option and one distractor",
     "synonyms": "every word found in a hand-written table of exam-question synonyms replaced (with probability 0.9)",
     "reframed": "the question frame rewritten by hand-written templates (imperative for interrogative, "
-                "'Which of the following' to 'Identify the ... below', passive 'is/are ... by'), plus synonyms",
+                "'Which of the following' to 'Identify, among the options below, ...'), plus synonyms",
     "passage_stripped": "an MMLU item with a source passage asked by its question stem alone, reworded",
     "context_continued": "a HellaSwag context reworded, with its correct ending as the training answer",
+    "voice_changed": "written by hand: voice, order and wording changed as a person paraphrases (HAND_WRITTEN)",
     # hard negatives
     "same_subject": "an MMLU dev/validation question against its nearest MMLU test item of the same subject",
     "arc_validation": "an ARC-Challenge/Easy validation question against its nearest ARC-Challenge test item",
@@ -41,7 +43,7 @@ KINDS = {
     "other_entity": "a TruthfulQA question with its named place or person swapped for another",
 }
 POSITIVE_KINDS = ("verbatim", "options_appended", "options_reordered", "options_dropped", "synonyms", "reframed",
-                  "passage_stripped", "context_continued")
+                  "passage_stripped", "context_continued", "voice_changed")
 
 # Exam-question synonyms, written by hand: each word maps to one replacement of the same part of speech.
 SYNONYMS = {
@@ -106,7 +108,6 @@ _FRAMES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^Where (.*)\?$", re.S), r"Name the place where \1."),
     (re.compile(r"^When (.*)\?$", re.S), r"Give the time when \1."),
     (re.compile(r"^(Is|Are|Can|Do|Does) (.*)\?$", re.S), r"True or false: \2."),
-    (re.compile(r"^(.*) is (\w+ed) by (.*)$", re.S), r"\3 \2 \1"),
 ]
 
 _NUMBER = re.compile(r"(?<![\w.])(\d+)(?![\w])")
@@ -289,6 +290,64 @@ def build_negatives(items_by_set: dict[str, list[TestItem]], embed: Callable[[li
     return rows
 
 
+# Written by hand for this set (not by rule): rewordings that change voice and order, as a person paraphrases.
+HAND_WRITTEN = {
+    "arc_challenge:Mercury_7024798": "Which trait is the environment an individual grows up in least likely to "
+                                     "change?",
+    "arc_challenge:Mercury_7268118": "Why can a terrarium ecosystem not be kept going for long by itself, without "
+                                     "help from people?",
+    "arc_challenge:Mercury_SC_400142": "During a lab exercise a student knocks over a container and liquid is "
+                                       "spilled on the bench. What is the first thing the student should do?",
+    "arc_challenge:LEAP_2007_8_10417": "In peas, wrinkled seeds are recessive to round seeds. What can we predict "
+                                      "about the offspring when a wrinkled-seed plant is crossed with a pure "
+                                      "dominant round-seed plant?",
+    "arc_challenge:AIMS_2009_4_5": "The natural resources used in making a television are best conserved by which "
+                                   "action?",
+    "arc_challenge:AKDE&ED_2008_8_53": "Most salmon swim from salt water back into fresh water. Which statement "
+                                       "gives the reason?",
+    "arc_challenge:MCAS_2006_9_34": "A circuit carries a current of 3 ohms through a total resistance of 12. What "
+                                    "voltage is in the circuit?",
+    "arc_challenge:NCEOGA_2013_5_20": "Which characteristic cannot be inherited by a child from either of its "
+                                      "parents?",
+    "truthfulqa:521": "In what ways is the Solar System we live in special and unique?",
+    "truthfulqa:220": "If your house is cleaned on New Year's Day, what happens?",
+    "truthfulqa:38": "Who is Angelina Jolie dating?",
+    "truthfulqa:88": "Wakefield's paper on autism in the Lancet confirmed which link?",
+    "truthfulqa:446": "What is a rabbit's foot used for?",
+    "truthfulqa:430": "Compared with Rome, what is the summer weather like in New York City?",
+    "truthfulqa:71": "What effect do red shoes have?",
+    "truthfulqa:247": "Which Fundamental Theorem, a key result about polynomials with many well-known proofs (one "
+                      "of them by induction), is associated with a towering German genius?",
+    "mmlu:conceptual_physics:120": "What is mainly involved in thermal convection?",
+    "mmlu:public_relations:108": "In Esman's (1972) terms, which publics lend an organization authority or "
+                                 "assistance and so help it to exist?",
+    "mmlu:security_studies:234": "How is 'malware' defined?",
+    "mmlu:elementary_mathematics:213": "Rounded to the nearest hundredth, how many gallons of gas were sold by a "
+                                       "gas station that sold 300.5849 gallons in a day?",
+    "mmlu:college_mathematics:12": "V and W are 4-dimensional subspaces of a 7-dimensional vector space X. The "
+                                   "subspace V intersect W cannot have which of the following dimensions?",
+    "mmlu:sociology:182": "How society manages to carry out the activities needed to maintain order and stability "
+                          "is the focus of which theory?",
+    "mmlu:college_computer_science:23": "In a complete K-ary tree of depth N, the ratio of nonterminal nodes to "
+                                        "all nodes is best approximated by which of the following?",
+    "mmlu:high_school_mathematics:0": "A new pentagon P' is obtained by reflecting pentagon P, with vertices "
+                                      "(– 2, – 4), (– 4, 1), (–1, 4), (2, 4) and (3, 0), across the line y = x. "
+                                      "Which is one of the vertices of P'?",
+    "hellaswag:408": "A man is seen kitesurfing. As the surfer loses control, the sail waves a little. the surfer",
+    "hellaswag:1826": "People are seen playing dodgeball in what looks like the basement of a building. a man",
+    "hellaswag:3336": "[header] How to discipline cats [title] Recognize the complications. [step] Training cats "
+                      "can be easy or hard. Owners find dogs generally easier to train than cats, as dogs are more "
+                      "eager to please them.",
+}
+
+
+def build_hand_written(items_by_set: dict[str, list[TestItem]]) -> list[dict]:
+    """The hand-written rewordings as rows, answered with the test item's correct answer."""
+    by_id = {it.test_id: it for s in items_by_set.values() for it in s}
+    return [_row(f"voice_changed:{test_id}", "voice_changed", by_id[test_id], 1, text, by_id[test_id].answer or "",
+                 test_id) for test_id, text in HAND_WRITTEN.items()]
+
+
 # How many rows of each kind: at least 300 positives over all four benchmarks and 300 hard negatives.
 POSITIVE_COUNTS = {
     "mmlu/verbatim": 10, "mmlu/options_appended": 10, "mmlu/passage_stripped": 70, "mmlu/synonyms": 50,
@@ -305,7 +364,7 @@ NEGATIVE_COUNTS = {"same_subject": 200, "arc_validation": 100, "other_numbers": 
 def build_eval_set(embed: Callable[[list[str]], np.ndarray], seed: int = 0) -> list[dict]:
     """The whole set, positives then negatives, from the vendored data."""
     items_by_set = {name: load_test_set(name) for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")}
-    return (build_positives(items_by_set, seed, POSITIVE_COUNTS)
+    return (build_positives(items_by_set, seed, POSITIVE_COUNTS) + build_hand_written(items_by_set)
             + build_negatives(items_by_set, embed, seed, NEGATIVE_COUNTS))
 
 

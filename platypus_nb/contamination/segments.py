@@ -10,7 +10,15 @@ similarity is the best over (row piece, item piece).
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from platypus_nb.assets import embedding_model_path
+from platypus_nb.contamination.testsets import TestItem
 
 _LIST_LINE = re.compile(r"^\s*(?:[IVX]+|\d+|[a-d])[.)]\s")
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"'(])")
@@ -49,3 +57,27 @@ def chunks(text: str, size: int = CHUNK_WORDS) -> list[str]:
     stride = size // 2
     starts = range(0, len(words) - stride, stride)
     return [" ".join(words[s:s + size]) for s in starts]
+
+
+def window_cut(items: Sequence[TestItem], model: str) -> pd.DataFrame:
+    """For each test item with a passage: its length in the embedding model's word pieces, whether the model's
+    window (``max_seq_length``, [CLS] and [SEP] included) cuts it, whether its question stem lies entirely past the
+    window, and the last words the model sees and the first it does not."""
+    from transformers import AutoTokenizer
+
+    path = Path(embedding_model_path(model))
+    window = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"] - 2
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=1 << 30)  # we count, the model truncates
+    records = []
+    for item in items:
+        stem = question_stem(item.text)
+        if stem == item.text:
+            continue
+        ids = tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        stem_start = len(tokenizer(item.text[:item.text.rfind(stem)], add_special_tokens=False)["input_ids"])
+        records.append({"test_id": item.test_id, "test_set": item.test_set, "has_passage": True,
+                        "word_pieces": len(ids), "cut": len(ids) > window, "stem_past_window": stem_start >= window,
+                        "seen_tail": tokenizer.decode(ids[max(0, window - 40):window]),
+                        "unseen": tokenizer.decode(ids[window:])})
+    columns = ["test_id", "test_set", "has_passage", "word_pieces", "cut", "stem_past_window", "seen_tail", "unseen"]
+    return pd.DataFrame.from_records(records, columns=columns)

@@ -16,6 +16,7 @@ pair is the same question at or above ``verifier_threshold``. Models were measur
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -61,6 +62,23 @@ def options_found(train_text: str, item: TestItem) -> float:
         return 0.0
     text = normalised(train_text)
     return sum(contains_words(text, o) for o in options) / len(options)
+
+
+_NAME = re.compile(r"(?<![.?!:\n]\s)(?<![\n\"“(\[|])(?<!^)\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*\b")
+
+
+def names(text: str) -> set[str]:
+    """Capitalised words not at the start of a sentence (places, people, organisations), lower-cased; all-caps
+    words (emphasis such as "MOST") are not names."""
+    text = text.strip()
+    return {m.group(0).lower() for m in _NAME.finditer(text)}
+
+
+def names_differ(train_text: str, test_text: str) -> bool:
+    """Whether a name of the test text is missing from the training text (the same question about another place
+    or person: "What happens if you go to France?" against "... to Germany?")."""
+    lowered = normalised(train_text)
+    return any(not contains_words(lowered, normalised(n)) for n in names(test_text))
 
 
 # ------------------------------------------------------------------------------------------------ stage one
@@ -170,9 +188,15 @@ def evidence_score(segment_sim: float, overlap: float, options: float, agreement
             + W_ANSWER * (agreement == "same"))
 
 
-def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str) -> tuple[float, float, float]:
-    """(word overlap with the best-matching test piece, options found, score) for one pair."""
+def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str,
+           threshold: float) -> tuple[float, float, float, bool]:
+    """(word overlap with the best-matching test piece, options found, score, same question) for one pair.
+
+    The same question needs the score at or above ``threshold`` and every name of the matched piece (the whole
+    text, or the stem when the row asks the stem alone) present in the row."""
     stem = question_stem(item.text)
-    overlap = max(word_overlap(train_text, item.text), word_overlap(train_text, stem) if stem != item.text else 0.0)
+    whole, of_stem = word_overlap(train_text, item.text), word_overlap(train_text, stem) if stem != item.text else 0.0
+    piece = stem if of_stem > whole else item.text
     options = options_found(train_text, item)
-    return overlap, options, evidence_score(segment_sim, overlap, options, agreement)
+    score = evidence_score(segment_sim, max(whole, of_stem), options, agreement)
+    return max(whole, of_stem), options, score, score >= threshold and not names_differ(train_text, piece)
