@@ -1,19 +1,20 @@
-"""Detector quality of step 02 on the detector evaluation set, and the verifier's cost.
+"""Detector quality of step 02 on the detector evaluation set, and the verifier's cost per pair.
 
 Three detectors on the same rows (data/contamination_detector_eval.jsonl.gz) against every item of the four
-leaderboard test sets (26k, vectors from the embedding cache):
+leaderboard test sets (26k; vectors from the embedding cache), by ``detector_eval.evaluate``:
 
 - ``paper``: the original notebook's rule (each test item's nearest training row, removed at cosine >= 0.8);
 - ``step02_before``: step 02 with ``contamination.verifier: off`` (every pair at >= 0.8, lexical matching, the
-  category rules);
-- ``step02_verifier``: step 02 as configured (stage one recall + the evidence verifier).
+  category rules): what step 02 did before the verifier;
+- ``step02_verifier``: step 02 as configured (stage-one recall over pieces + the evidence verifier).
 
-A positive counts as found only when a pair with its own test item removes it. Precision, recall and F1 overall, per
-benchmark, per kind and per split (dev: where the verifier's weights and threshold were chosen; heldout: not
-looked at while choosing). ``--sweep`` prints F1 on dev for a range of verifier thresholds. ``--build`` rebuilds the
-set from the vendored data and rewrites the file (then update data/checksums.json).
+A positive counts as found only when a pair with its own test item removes it; a negative counts against a
+detector when it is removed at all. Precision, recall and F1 overall, per split (dev: where the verifier's weights
+and threshold were chosen; heldout: not looked at while choosing), per benchmark and per kind. ``--sweep`` prints
+F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with SmolLM2-135M as a
+judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
 
-    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep]
+    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--judge N]
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import pandas as pd
 from platypus_nb import contamination as C
 from platypus_nb.config import load_config
 from platypus_nb.contamination import detector_eval as D
-from platypus_nb.contamination.verifier import embed_pieces, recall_candidates
 from platypus_nb.embeddings import EmbeddingCache, embed_texts
 from platypus_nb.io import read_jsonl, write_jsonl
 
@@ -40,120 +40,18 @@ EVAL_FILE = ROOT / "data" / "contamination_detector_eval.jsonl.gz"
 RESULT = ROOT / "benchmarks" / "results" / "detector.json"
 
 
-def load_rows() -> list[dict]:
-    return read_jsonl(EVAL_FILE)
-
-
-def run(args: argparse.Namespace) -> dict:
-    load_before = os.getloadavg()
-    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
-    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "off"}).contamination
-    cache = EmbeddingCache("all-MiniLM-L6-v2")
-    if args.build:
-        rows = D.build_eval_set(lambda texts: embed_texts(texts, batch_size=16, cache=cache, show_progress=False))
-        write_jsonl(EVAL_FILE.with_suffix(""), rows)
-        with open(EVAL_FILE.with_suffix(""), "rb") as f, gzip.GzipFile(EVAL_FILE, "wb", mtime=0) as g:
-            g.write(f.read())
-        EVAL_FILE.with_suffix("").unlink()
-    rows = load_rows()
-    items = C.load_test_items(cfg.benchmarks)
-    texts = [C.training_text(r) for r in rows]
-    t0 = time.perf_counter()
-    pieces = embed_pieces(texts, items, "all-MiniLM-L6-v2", 16, cache, show_progress=False)
-    t_embed = time.perf_counter() - t0
-    train_emb, test_emb = pieces.train_whole, pieces.test_whole
-    t0 = time.perf_counter()
-    semantic = C.semantic_pairs(train_emb, test_emb, cfg.threshold)
-    lexical = C.lexical_pairs(texts, [i.text for i in items], cfg.ngram_n, cfg.lexical_min_words,
-                              cfg.lexical_max_test_items)
-    t_pairs = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    before = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, off)
-    t_before = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    after = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, cfg, pieces=pieces)
-    t_after = time.perf_counter() - t0
-    nearest, nearest_sim = C.nearest_training_rows(train_emb, test_emb)
-    paper = C.original_rule_removals(items, nearest, nearest_sim, cfg.threshold, cfg.benchmarks)
-    # the paper's rule removes a row for the test item it is nearest to
-    paper_with: dict[int, set[str]] = {}
-    for t, (r, s) in enumerate(zip(nearest, nearest_sim)):
-        if s >= cfg.threshold:
-            paper_with.setdefault(int(r), set()).add(items[t].test_id)
-
-    def removing(flagged) -> tuple[set[int], dict[int, set[str]]]:
-        gone = flagged[flagged["removed"]]
-        with_ids: dict[int, set[str]] = {}
-        for r, t in zip(gone["train_index"], gone["test_id"]):
-            with_ids.setdefault(int(r), set()).add(t)
-        return set(with_ids), with_ids
-
-    detectors = {"paper": (paper, paper_with), "step02_before": removing(before), "step02_verifier": removing(after)}
-    result: dict = {"rows": len(rows), "test_items": len(items), "detectors": {}}
-    groups = {"all": lambda r: True}
-    groups |= {f"split={s}": (lambda r, s=s: r["split"] == s) for s in ("dev", "heldout")}
-    groups |= {f"benchmark={b}": (lambda r, b=b: r["benchmark"] == b) for b in sorted({r["benchmark"] for r in rows})}
-    groups |= {f"kind={k}": (lambda r, k=k: r["kind"] == k) for k in D.KINDS}
-    for name, (removed, removed_with) in detectors.items():
-        result["detectors"][name] = {}
-        for group, keep in groups.items():
-            idx = [i for i, r in enumerate(rows) if keep(r)]
-            sub = [rows[i] for i in idx]
-            remap = {old: new for new, old in enumerate(idx)}
-            result["detectors"][name][group] = D.scores(
-                sub, {remap[i] for i in removed if i in remap},
-                {remap[i]: v for i, v in removed_with.items() if i in remap})
-    candidates = int((after["method"] != "source").sum())
-    recalled = recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
-    verified = len(pd.concat([semantic, lexical, recalled])[["train_index", "test_index"]].drop_duplicates())
-    result["timing"] = {
-        "embed_pieces_s": round(t_embed, 2), "pairs_s": round(t_pairs, 2),
-        "flag_without_verifier_s": round(t_before, 3), "flag_with_verifier_s": round(t_after, 3),
-        "pairs_verified": verified, "pairs_kept": candidates,
-        "verifier_ms_per_pair": round(1000 * (t_after - t_before) / max(1, verified), 3),
-        "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    if args.sweep:
-        low = load_config("tiny", {"contamination.review_file": None,
-                                   "contamination.verifier_threshold": 0.01}).contamination
-        everything = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, low, pieces=pieces)
-        sweep = {}
-        for theta in np.arange(0.9, 2.01, 0.05):
-            f = everything.copy()
-            gray = f["category"] == "gray_area"
-            f["removed"] = (f["category"] == "duplicate") & ~f["benchmark"].isin(["eval_split_source"]) \
-                | gray & (f["verifier_score"] >= theta)
-            removed, with_ids = removing(f)
-            dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
-            remap = {old: new for new, old in enumerate(dev)}
-            sweep[f"{theta:.2f}"] = D.scores([rows[i] for i in dev], {remap[i] for i in removed if i in remap},
-                                             {remap[i]: v for i, v in with_ids.items() if i in remap})
-        result["sweep_dev"] = sweep
-        for k, v in sweep.items():
-            print(k, f"P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f} neg {v['negatives_removed']:.3f}")
-    if args.judge:
-        # candidate pairs the evidence verifier had to decide (not settled by the lexical or number rules)
-        low = load_config("tiny", {"contamination.review_file": None,
-                                   "contamination.verifier_threshold": 0.01}).contamination
-        everything = C.flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, low, pieces=pieces)
-        decided = everything[(everything["category"] == "gray_area")]
-        rng = np.random.default_rng(0)
-        pick = decided.iloc[rng.permutation(len(decided))[:args.judge]]
-        labels = [int(rows[r]["label"] == 1 and rows[r]["test_id"] == t)
-                  for r, t in zip(pick["train_index"], pick["test_id"])]
-        result["smollm2_judge"] = judge(list(zip(pick["train_text"], pick["test_text"], labels)))
-        evidence_pred = pick["verifier_score"].to_numpy() >= cfg.verifier_threshold
-        lab = np.array(labels)
-        tp, fp = int((evidence_pred & (lab == 1)).sum()), int((evidence_pred & (lab == 0)).sum())
-        fn = int((~evidence_pred & (lab == 1)).sum())
-        result["evidence_on_judge_pairs"] = {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "tp": tp, "fp": fp,
-                                             "fn": fn}
-        print(result["smollm2_judge"], result["evidence_on_judge_pairs"])
-    return result
+def build(cache: EmbeddingCache) -> None:
+    rows = D.build_eval_set(lambda texts: embed_texts(texts, batch_size=16, cache=cache, show_progress=False))
+    plain = EVAL_FILE.with_suffix("")
+    write_jsonl(plain, rows)
+    with open(plain, "rb") as f, gzip.GzipFile(EVAL_FILE, "wb", mtime=0) as g:
+        g.write(f.read())
+    plain.unlink()
 
 
 def judge(pairs: list[tuple[str, str, int]]) -> dict:
     """SmolLM2-135M-Instruct as a judge: log P("Yes") - log P("No") after a same-question prompt, per pair; the
-    best F1 over thresholds on these pairs (an upper bound for this judge) and its time per pair."""
+    best F1 over all thresholds on these pairs (an upper bound for this judge) and its time per pair."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,31 +68,115 @@ def judge(pairs: list[tuple[str, str, int]]) -> dict:
             f"Question A: {train_text[:1200]}\n\nQuestion B: {test_text[:1200]}\n\nDo A and B ask the same "
             f"question (perhaps in other words)? Answer Yes or No.")}], tokenize=False, add_generation_prompt=True)
         with torch.no_grad():
-            logits = model(**tok(prompt, return_tensors="pt")).logits[0, -1]
-        margins.append(float(torch.log_softmax(logits, -1)[yes] - torch.log_softmax(logits, -1)[no]))
+            logp = torch.log_softmax(model(**tok(prompt, return_tensors="pt")).logits[0, -1], -1)
+        margins.append(float(logp[yes] - logp[no]))
     per_pair = (time.perf_counter() - t0) / max(1, len(pairs))
-    labels = np.array([p[2] for p in pairs])
+    labels, margins = np.array([p[2] for p in pairs]), np.array(margins)
     best = {"f1": 0.0}
-    for theta in sorted(set(margins)):
-        pred = np.array(margins) >= theta
-        tp, fp, fn = int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum()), \
-            int((~pred & (labels == 1)).sum())
+    for theta in sorted(set(margins.tolist())):
+        pred = margins >= theta
+        tp, fp = int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum())
+        fn = int((~pred & (labels == 1)).sum())
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         if f1 > best["f1"]:
-            best = {"f1": f1, "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
-    return {"pairs": len(pairs), "positives": int(labels.sum()), "best_f1": best, "s_per_pair": round(per_pair, 3)}
+            best = {"f1": round(f1, 3), "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
+    return {"pairs": len(pairs), "positives": int(labels.sum()), "best": best, "s_per_pair": round(per_pair, 3)}
 
 
-def table(result: dict) -> str:
-    lines = ["| group | rows (pos / neg) | paper P / R / F1 | step 02 before P / R / F1 | step 02 + verifier "
-             "P / R / F1 | negatives removed (before / verifier) |", "|---|---|---|---|---|---|"]
-    d = result["detectors"]
-    for group, s in d["step02_verifier"].items():
-        cells = [f"{d[n][group]['precision']:.3f} / {d[n][group]['recall']:.3f} / {d[n][group]['f1']:.3f}"
-                 .replace("nan", "–") for n in ("paper", "step02_before", "step02_verifier")]
-        neg = f"{d['step02_before'][group]['negatives_removed']:.1%} / {s['negatives_removed']:.1%}".replace("nan%",
-                                                                                                           "–")
-        lines.append(f"| {group} | {s['positives']} / {s['negatives']} | " + " | ".join(cells) + f" | {neg} |")
+def run(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()
+    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
+    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "off"}).contamination
+    cache = EmbeddingCache("all-MiniLM-L6-v2")
+    if args.build:
+        build(cache)
+    rows = read_jsonl(EVAL_FILE)
+    items = C.load_test_items(cfg.benchmarks)
+    t0 = time.perf_counter()
+    pieces = C.embed_pieces([C.training_text(r) for r in rows], items, "all-MiniLM-L6-v2", 16, cache,
+                            show_progress=False)
+    t_embed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table, flagged = D.evaluate(rows, items, pieces, cfg, off)
+    t_eval = time.perf_counter() - t0
+    # the verifier's own cost: flag_pairs with and without it on the same pairs, per pair verified
+    texts = [C.training_text(r) for r in rows]
+    semantic = C.semantic_pairs(pieces.train_whole, pieces.test_whole, cfg.threshold)
+    lexical = C.lexical_pairs(texts, [i.text for i in items], cfg.ngram_n, cfg.lexical_min_words,
+                              cfg.lexical_max_test_items)
+    t0 = time.perf_counter()
+    C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, off)
+    t_off = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, cfg, pieces=pieces)
+    t_on = time.perf_counter() - t0
+    recalled = C.recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
+    verified = len(pd.concat([semantic, lexical, recalled])[["train_index", "test_index"]].drop_duplicates())
+    result = {"rows": len(rows), "positives": sum(r["label"] for r in rows), "test_items": len(items),
+              "config": {k: getattr(cfg, k) for k in ("threshold", "recall_top_k", "recall_floor",
+                                                       "verifier_threshold")},
+              "scores": table.to_dict(orient="records"),
+              "timing": {"embed_pieces_s": round(t_embed, 2), "evaluate_s": round(t_eval, 2),
+                         "flag_pairs_verifier_off_s": round(t_off, 3), "flag_pairs_verifier_on_s": round(t_on, 3),
+                         "pairs_verified": verified,
+                         "verifier_ms_per_pair": round(1000 * (t_on - t_off) / max(1, verified), 3),
+                         "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+    if args.sweep or args.judge:
+        low = load_config("tiny", {"contamination.review_file": None,
+                                   "contamination.verifier_threshold": 1e-3}).contamination
+        every = C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, low,
+                             pieces=pieces)
+    if args.sweep:
+        dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
+        remap = {old: new for new, old in enumerate(dev)}
+        sweep = {}
+        for theta in np.arange(0.9, 2.21, 0.05):
+            f = every.copy()
+            verified_same = f["verifier_same"].astype(str) == "True"
+            f["removed"] = (f["category"] == "duplicate") & (f["benchmark"] != "eval_split_source") | (
+                (f["category"] == "gray_area") & verified_same & (f["verifier_score"] >= theta))
+            gone = {remap[i]: v for i, v in D.removals(f).items() if i in remap}
+            sweep[f"{theta:.2f}"] = D.scores([rows[i] for i in dev], set(gone), gone)
+            s = sweep[f"{theta:.2f}"]
+            print(f"{theta:.2f} P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f} "
+                  f"negatives removed {s['negatives_removed']:.3f}")
+        result["sweep_dev"] = sweep
+    if args.judge:
+        # pairs the verifier had to decide (not settled by the lexical, number or answer rules), dev half
+        open_pairs = every[(every["category"] == "gray_area")
+                           & every["train_index"].map(lambda i: rows[i]["split"] == "dev")]
+        pick = open_pairs.iloc[np.random.default_rng(0).permutation(len(open_pairs))[:args.judge]]
+        labels = [int(rows[r]["label"] == 1 and rows[r]["test_id"] == t)
+                  for r, t in zip(pick["train_index"], pick["test_id"])]
+        result["smollm2_judge"] = judge(list(zip(pick["train_text"], pick["test_text"], labels)))
+        pred = pick["verifier_score"].to_numpy() >= cfg.verifier_threshold
+        lab = np.array(labels)
+        tp, fp, fn = int((pred & (lab == 1)).sum()), int((pred & (lab == 0)).sum()), int((~pred & (lab == 1)).sum())
+        result["evidence_on_judge_pairs"] = {"f1": round(2 * tp / (2 * tp + fp + fn), 3) if tp else 0.0,
+                                             "tp": tp, "fp": fp, "fn": fn}
+        print("SmolLM2 judge:", result["smollm2_judge"], "evidence verifier:", result["evidence_on_judge_pairs"])
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The score table: one line per group, the three detectors side by side."""
+    table = pd.DataFrame.from_records(result["scores"])
+    lines = ["| rows | positives / negatives | paper P / R / F1 | step 02 before P / R / F1 | "
+             "step 02 + verifier P / R / F1 | negatives removed: before / verifier |", "|---|---|---|---|---|---|"]
+    for group, g in table.groupby("group", sort=False):
+        by = g.set_index("detector")
+
+        def prf(d: str) -> str:
+            return (f"{by.at[d, 'precision']:.3f} / {by.at[d, 'recall']:.3f} / {by.at[d, 'f1']:.3f}"
+                    .replace("nan", "–"))
+
+        def negatives(d: str) -> str:
+            share = by.at[d, "negatives_removed"]
+            return "–" if np.isnan(share) else f"{share:.1%}"
+
+        lines.append(f"| {group} | {by.at['paper', 'positives']} / {by.at['paper', 'negatives']} | {prf('paper')} | "
+                     f"{prf('step02_before')} | {prf('step02_verifier')} | {negatives('step02_before')} / "
+                     f"{negatives('step02_verifier')} |")
     return "\n".join(lines)
 
 
@@ -202,9 +184,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", action="store_true", help="rebuild the evaluation set from data/")
     parser.add_argument("--sweep", action="store_true", help="F1 on dev over a range of verifier thresholds")
-    parser.add_argument("--judge", type=int, default=0, help="also measure SmolLM2 as a judge on N candidate pairs")
+    parser.add_argument("--judge", type=int, default=0, help="also score N candidate pairs with SmolLM2 as a judge")
     result = run(parser.parse_args())
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(table(result))
+    print(markdown(result))
     print(json.dumps(result["timing"], indent=1))

@@ -13,8 +13,8 @@ The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 """
 
 from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, nearest_training_rows,
-                                                original_rule_removals, semantic_pairs, split_rows, summarize,
-                                                write_outputs)
+                                                original_rule_removals, rephrase_rates, semantic_pairs, split_rows,
+                                                summarize, write_outputs)
 from platypus_nb.contamination.categories import (answer_agreement, load_review, suggest_category,
                                                   unknown_review_items)
 from platypus_nb.contamination.lexical import lexical_pairs
@@ -28,5 +28,5 @@ from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_te
 __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "question_stem", "recall_candidates",
            "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
            "load_eval_set", "load_test_items", "load_test_set", "load_training_rows", "nearest_training_rows",
-           "original_rule_removals", "semantic_pairs", "split_rows", "suggest_category", "summarize",
+           "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows", "suggest_category", "summarize",
            "training_text", "training_text_hash", "unknown_review_items", "window_cut", "write_outputs"]

@@ -201,6 +201,27 @@ def summarize(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], flagged
     return summary
 
 
+def rephrase_rates(rows: Sequence[dict[str, Any]], flagged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per data_source, the training rows that rephrase a benchmark test item: a pair the verifier called the same
+    question with no verbatim or 13-gram evidence (what lexical decontamination cannot see); and those pairs.
+
+    Returns (rates: ``rows, rephrasing_rows, rate`` per source and test set; examples: the pairs, most similar
+    first)."""
+    pairs = flagged[(flagged["verifier_same"].astype(str) == "True") & flagged["method"].isin(["embedding", "segment"])
+                    & (flagged["benchmark"] != "eval_split_source")]
+    sources = pd.Series([data_source_of(r) for r in rows]).value_counts().rename("rows")
+    found = pairs.groupby(["data_source", "benchmark"])["train_index"].nunique().unstack(fill_value=0)
+    rates = found.reindex(sources.index, fill_value=0)
+    rates.insert(0, "rows", sources)
+    rates["rephrasing_rows"] = pairs.groupby("data_source")["train_index"].nunique().reindex(sources.index,
+                                                                                            fill_value=0)
+    rates["rate"] = rates["rephrasing_rows"] / rates["rows"]
+    examples = pairs.sort_values("segment_similarity", ascending=False)[
+        ["data_source", "benchmark", "test_id", "segment_similarity", "verifier_score", "category", "train_text",
+         "test_text"]].reset_index(drop=True)
+    return rates, examples
+
+
 def review_todo(flagged: pd.DataFrame) -> pd.DataFrame:
     """Unreviewed pairs in the review file's format, category prefilled with the suggestion, for a reviewer to copy
     (after checking) into the review file."""

@@ -15,13 +15,20 @@ import hashlib
 import random
 import re
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
 from platypus_nb.assets import data_file
+from platypus_nb.config import LEADERBOARD_TEST_SETS, ContaminationConfig
+from platypus_nb.contamination.analysis import flag_pairs, nearest_training_rows, semantic_pairs
+from platypus_nb.contamination.lexical import lexical_pairs
 from platypus_nb.contamination.segments import question_stem
-from platypus_nb.contamination.testsets import TestItem, load_test_set
+from platypus_nb.contamination.testsets import TestItem, load_test_set, training_text
+from platypus_nb.contamination.verifier import Pieces, embed_pieces
+from platypus_nb.embeddings import EmbeddingCache
 from platypus_nb.io import read_jsonl
 
 KINDS = {
@@ -117,6 +124,14 @@ ENTITIES = ["France", "Germany", "Japan", "China", "Canada", "Mexico", "Brazil",
             "Argentina", "London", "Paris", "Tokyo", "Berlin", "Rome", "Madrid", "Chicago", "Boston", "Texas",
             "California", "New York", "Los Angeles", "Einstein", "Newton", "Lincoln", "Napoleon", "Shakespeare",
             "Elvis", "Obama", "Trump", "Bill Gates", "Steve Jobs", "Elon Musk"]
+
+
+EVAL_FILE = "contamination_detector_eval.jsonl.gz"
+
+
+def load_eval_rows() -> list[dict]:
+    """The vendored evaluation set (checksum-verified)."""
+    return read_jsonl(data_file(EVAL_FILE))
 
 
 def split_of(row_id: str) -> str:
@@ -386,3 +401,78 @@ def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[
     negatives = sum(r["label"] == 0 for r in rows)
     return {"positives": tp + fn, "negatives": negatives, "tp": tp, "fp": fp, "fn": fn, "precision": precision,
             "recall": recall, "f1": f1, "negatives_removed": fp / negatives if negatives else float("nan")}
+
+
+def removals(flagged: pd.DataFrame) -> dict[int, set[str]]:
+    """Training row -> the test ids of the pairs that remove it."""
+    gone = flagged[flagged["removed"]]
+    out: dict[int, set[str]] = {}
+    for r, t in zip(gone["train_index"], gone["test_id"]):
+        out.setdefault(int(r), set()).add(t)
+    return out
+
+
+def paper_removals(items: Sequence[TestItem], nearest: np.ndarray, nearest_sim: np.ndarray,
+                   threshold: float) -> dict[int, set[str]]:
+    """The original rule's removals (each test item's nearest row at >= threshold), with the test item that
+    removes each row."""
+    out: dict[int, set[str]] = {}
+    for t, (r, s) in enumerate(zip(nearest, nearest_sim)):
+        if s >= threshold:
+            out.setdefault(int(r), set()).add(items[t].test_id)
+    return out
+
+
+def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]]) -> pd.DataFrame:
+    """Precision / recall / F1 and the share of negatives removed, per detector, over all rows, per split, per
+    benchmark and per kind (one row per group and detector)."""
+    groups: dict[str, Callable[[dict], bool]] = {"all": lambda r: True}
+    groups |= {f"split={s}": (lambda r, s=s: r["split"] == s) for s in ("dev", "heldout")}
+    groups |= {f"benchmark={b}": (lambda r, b=b: r["benchmark"] == b) for b in sorted({r["benchmark"] for r in rows})}
+    groups |= {f"kind={k}": (lambda r, k=k: r["kind"] == k) for k in KINDS if any(r["kind"] == k for r in rows)}
+    records = []
+    for group, keep in groups.items():
+        idx = [i for i, r in enumerate(rows) if keep(r)]
+        remap = {old: new for new, old in enumerate(idx)}
+        for name, removed_with in detectors.items():
+            mine = {remap[i]: v for i, v in removed_with.items() if i in remap}
+            records.append({"group": group, "detector": name,
+                            **scores([rows[i] for i in idx], set(mine), mine)})
+    return pd.DataFrame.from_records(records)
+
+
+def evaluate(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cfg: ContaminationConfig,
+             off: ContaminationConfig) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The paper's rule, step 02 with the verifier off, and step 02 as configured, on the evaluation rows against
+    ``items`` (``pieces`` embeds both: rows first). Returns the score table and each step-02 variant's flagged
+    pairs."""
+    texts = [training_text(r) for r in rows]
+    train_emb, test_emb = pieces.train_whole, pieces.test_whole
+    semantic = semantic_pairs(train_emb, test_emb, cfg.threshold)
+    lexical = lexical_pairs(texts, [i.text for i in items], cfg.ngram_n, cfg.lexical_min_words,
+                            cfg.lexical_max_test_items)
+    flagged = {"step02_before": flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, off),
+               "step02_verifier": flag_pairs(rows, items, semantic, lexical, train_emb, test_emb, cfg,
+                                             pieces=pieces)}
+    nearest, nearest_sim = nearest_training_rows(train_emb, test_emb)
+    detectors = {"paper": paper_removals(items, nearest, nearest_sim, cfg.threshold)}
+    detectors |= {name: removals(f) for name, f in flagged.items()}
+    return score_table(rows, detectors), flagged
+
+
+def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model: str, batch_size: int,
+                      cache: Optional[EmbeddingCache] = None) -> pd.DataFrame:
+    """The vendored evaluation set through :func:`evaluate` against the leaderboard items among ``items`` (all of
+    them must be there, else rewordings would have nothing to match), as one table: a row per group, columns
+    (detector, measure)."""
+    leaderboard = [it for it in items if it.test_set in LEADERBOARD_TEST_SETS]
+    rows = load_eval_rows()
+    pieces = embed_pieces([training_text(r) for r in rows], leaderboard, model, batch_size, cache,
+                          show_progress=False)
+    table, _ = evaluate(rows, leaderboard, pieces, replace(cfg, review_file=None),
+                        replace(cfg, review_file=None, verifier="off"))
+    wide = table.pivot(index="group", columns="detector", values=["precision", "recall", "f1", "negatives_removed"])
+    wide = wide.swaplevel(axis=1)[["paper", "step02_before", "step02_verifier"]].reindex(table["group"].unique())
+    wide.insert(0, ("rows", "positives"), table.groupby("group")["positives"].first())
+    wide.insert(1, ("rows", "negatives"), table.groupby("group")["negatives"].first())
+    return wide
