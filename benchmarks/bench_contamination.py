@@ -162,32 +162,20 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "loadavg_before": load_before,
                     "loadavg_after": load_after},
-        "original_loop": {"seconds": round(original["seconds"], 2),
-                          "embedding_seconds": round(original["embedding_seconds"], 2),
-                          "search_and_rest_seconds": round(original["search_and_rest_seconds"], 2),
-                          "rows_removed": len(original["removed"]),
-                          "pairs_reported": original["pairs_reported"],
-                          "planted_removed": caught(original["removed"])},
-        "ours_verifier_off_first_run": {"seconds": round(before["seconds"], 2),
-                                        "embedding_seconds": round(before["embedding_seconds"], 2),
-                                        "search_and_rest_seconds": round(before["search_and_rest_seconds"], 2),
-                                        "rows_removed": len(before["removed"]),
-                                        "pairs_reported": before["pairs_reported"],
-                                        "planted_removed": caught(before["removed"])},
-        "ours_first_run": {"seconds": round(first["seconds"], 2),
-                           "embedding_seconds": round(first["embedding_seconds"], 2),
-                           "search_and_rest_seconds": round(first["search_and_rest_seconds"], 2),
-                           "rows_removed": len(first["removed"]), "pairs_reported": first["pairs_reported"],
-                           "planted_removed": caught(first["removed"])},
-        "ours_cached_run": {"seconds": round(cached["seconds"], 2),
-                            "embedding_seconds": round(cached["embedding_seconds"], 2),
-                            "search_and_rest_seconds": round(cached["search_and_rest_seconds"], 2),
-                            "rows_removed": len(cached["removed"]), "pairs_reported": cached["pairs_reported"],
-                            "planted_removed": caught(cached["removed"])},
+        "original_loop": run_summary(original, caught),
+        "ours_verifier_off_first_run": run_summary(before, caught),
+        "ours_first_run": run_summary(first, caught),
+        "ours_cached_run": run_summary(cached, caught),
     }
     assert first["removed"] == cached["removed"], "a cached run must decide exactly as a first run"
     atomic_write_json(RESULTS, result)
     print(markdown_table(result))
+
+
+def run_summary(run: dict, caught) -> dict:
+    return {"seconds": round(run["seconds"], 2), "embedding_seconds": round(run["embedding_seconds"], 2),
+            "search_and_rest_seconds": round(run["search_and_rest_seconds"], 2), "rows_removed": len(run["removed"]),
+            "pairs_reported": run["pairs_reported"], "planted_removed": caught(run["removed"])}
 
 
 def markdown_table(result: dict) -> str:
