@@ -7,7 +7,7 @@ similarity is >= 0.8.
 
 Ours: ``platypus_nb.contamination`` as the notebook calls it (embed with the on-disk cache, blocked search for every
 pair, lexical matching, stage-one recall and the verifier, categories, outputs), once with an empty cache ("first
-run") and once again ("cached run"); and once with ``contamination.verifier: off`` and its own empty cache (whole
+run") and once again ("cached run"); and once with ``contamination.verifier: none`` and its own empty cache (whole
 texts only: step 02 before the verifier), so the verifier's extra cost on a first run is measured in the same run.
 
 Inputs: the four leaderboard test sets in full (the original compared with those, not with the evaluation splits)
@@ -97,7 +97,7 @@ def run_ours(train_path: Path, cfg: Config, cache_root: Path, out_dir: Path) -> 
     items = C.load_test_items(cc.benchmarks, cc.eval_splits, cc.extra_eval_sets, cc.max_test_items)
     train_texts, test_texts = [C.training_text(r) for r in rows], [i.text for i in items]
     cache = EmbeddingCache(ec.model, root=cache_root)
-    if cc.verifier == "off":  # the whole texts only, as before the verifier
+    if cc.verifier == "none":  # the whole texts only, as before the verifier
         pieces = None
         train_emb = embed_texts(train_texts, ec.model, ec.batch_size, cache, show_progress=False)
         test_emb = embed_texts(test_texts, ec.model, ec.batch_size, cache, show_progress=False)
@@ -144,7 +144,7 @@ def main() -> None:
         print(f"original loop: {original['seconds']:.1f} s", flush=True)
         off = load_config("tiny", {"contamination.benchmarks": benchmarks, "contamination.eval_splits": [],
                                    "contamination.max_test_items": args.max_test_items,
-                                   "contamination.verifier": "off"})
+                                   "contamination.verifier": "none"})
         before = run_ours(train_path, off, tmp / "cache_off", tmp / "out0")
         print(f"ours without the verifier, first run: {before['seconds']:.1f} s", flush=True)
         first = run_ours(train_path, cfg, tmp / "cache", tmp / "out1")

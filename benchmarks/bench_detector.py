@@ -4,7 +4,7 @@ Three detectors on the same rows (data/contamination_detector_eval.jsonl.gz) aga
 leaderboard test sets (26k; vectors from the embedding cache), by ``detector_eval.evaluate``:
 
 - ``paper``: the original notebook's rule (each test item's nearest training row, removed at cosine >= 0.8);
-- ``step02_before``: step 02 with ``contamination.verifier: off`` (every pair at >= 0.8, lexical matching, the
+- ``step02_before``: step 02 with ``contamination.verifier: none`` (every pair at >= 0.8, lexical matching, the
   category rules): what step 02 did before the verifier;
 - ``step02_verifier``: step 02 as configured (stage-one recall over pieces + the evidence verifier).
 
@@ -32,7 +32,7 @@ import pandas as pd
 from platypus_nb import contamination as C
 from platypus_nb.config import load_config
 from platypus_nb.contamination import detector_eval as D
-from platypus_nb.embeddings import EmbeddingCache, embed_texts
+from platypus_nb.embeddings import EmbeddingCache
 from platypus_nb.io import read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +40,8 @@ EVAL_FILE = ROOT / "data" / "contamination_detector_eval.jsonl.gz"
 RESULT = ROOT / "benchmarks" / "results" / "detector.json"
 
 
-def build(cache: EmbeddingCache) -> None:
-    rows = D.build_eval_set(lambda texts: embed_texts(texts, batch_size=16, cache=cache, show_progress=False))
+def build() -> None:
+    rows = D.build_eval_set()
     plain = EVAL_FILE.with_suffix("")
     write_jsonl(plain, rows)
     with open(plain, "rb") as f, gzip.GzipFile(EVAL_FILE, "wb", mtime=0) as g:
@@ -86,12 +86,17 @@ def judge(pairs: list[tuple[str, str, int]]) -> dict:
 def run(args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
     cfg = load_config("tiny", {"contamination.review_file": None}).contamination
-    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "off"}).contamination
+    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "none"}).contamination
     cache = EmbeddingCache("all-MiniLM-L6-v2")
     if args.build:
-        build(cache)
+        build()
     rows = read_jsonl(EVAL_FILE)
     items = C.load_test_items(cfg.benchmarks)
+    if args.pool:
+        # the first N items of each set plus every item the rows name: a smaller haystack, for a quick look
+        named = {r["test_id"] for r in rows}
+        firsts = {i.test_id for i in C.load_test_items(cfg.benchmarks, max_items=args.pool)}
+        items = [i for i in items if i.test_id in named | firsts]
     t0 = time.perf_counter()
     pieces = C.embed_pieces([C.training_text(r) for r in rows], items, "all-MiniLM-L6-v2", 16, cache,
                             show_progress=False)
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     t_on = time.perf_counter() - t0
     recalled = C.recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
     verified = len(pd.concat([semantic, lexical, recalled])[["train_index", "test_index"]].drop_duplicates())
-    result = {"rows": len(rows), "positives": sum(r["label"] for r in rows), "test_items": len(items),
+    result = {"rows": len(rows), "pool": args.pool or "all", "positives": sum(r["label"] for r in rows), "test_items": len(items),
               "config": {k: getattr(cfg, k) for k in ("threshold", "recall_top_k", "recall_floor",
                                                        "verifier_threshold")},
               "scores": table.to_dict(orient="records"),
@@ -184,6 +189,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", action="store_true", help="rebuild the evaluation set from data/")
     parser.add_argument("--sweep", action="store_true", help="F1 on dev over a range of verifier thresholds")
+    parser.add_argument("--pool", type=int, default=0, help="compare with the first N items per set plus the "
+                                                                "rows' own items only (default: every item)")
     parser.add_argument("--judge", type=int, default=0, help="also score N candidate pairs with SmolLM2 as a judge")
     result = run(parser.parse_args())
     RESULT.parent.mkdir(exist_ok=True)

@@ -204,8 +204,8 @@ class ContaminationConfig:
     # recall_top_k nearest test items (whole text, question stem after a passage, chunks of a long row) down to
     # cosine recall_floor, stage two calls a pair the same question when its evidence score (segment similarity +
     # content-word overlap + options carried + same answer) reaches verifier_threshold; such pairs are gray area, a
-    # verified-different pair is similar but different. "off": the paper's embedding rule and our lexical rules alone.
-    verifier: Literal["evidence", "off"] = "evidence"
+    # verified-different pair is similar but different. "none": the paper's embedding rule and our lexical rules alone.
+    verifier: Literal["evidence", "none"] = "evidence"
     recall_top_k: int = 5
     recall_floor: float = 0.5
     verifier_threshold: float = 1.35

@@ -92,7 +92,7 @@ def test_the_verifier_removes_rewordings_and_keeps_same_topic_questions(pinned):
 
 def test_without_the_verifier_the_rewordings_are_missed(pinned):
     rows, items = pinned
-    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "off"}).contamination
+    off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "none"}).contamination
     removed, removed_with = _run(rows, items, off)
     result = scores(rows, removed, removed_with)
     assert result["fn"] >= len(PINNED_POSITIVES) // 2 and result["fp"] == 0, result

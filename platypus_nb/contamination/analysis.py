@@ -70,7 +70,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
     one alone is kept only when the verifier calls it the same question.
     """
     pairs = semantic.merge(lexical, on=["train_index", "test_index"], how="outer")
-    verifying = cfg.verifier != "off" and pieces is not None
+    verifying = cfg.verifier != "none" and pieces is not None
     if verifying:
         candidates = recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
         pairs = pairs.merge(candidates[["train_index", "test_index"]].assign(recalled=True),
@@ -92,8 +92,10 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's
             differ = differ and numbers_differ(text, question_stem(item.text))
-            overlap, options, score, same = verify(text, item, p.segment_similarity, agreement,
-                                                   cfg.verifier_threshold)
+            overlap, options, score, same, missing = verify(text, item, p.segment_similarity, agreement,
+                                                            cfg.verifier_threshold)
+            # another question on the same passage: the passage's n-grams are no evidence of this question
+            differ = differ or (missing and not p.exact)
         else:
             overlap, options, score, same = float("nan"), float("nan"), float("nan"), None
         if p.method == "segment" and not same:

@@ -27,7 +27,7 @@ from platypus_nb.contamination.analysis import flag_pairs, nearest_training_rows
 from platypus_nb.contamination.lexical import lexical_pairs
 from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, load_test_set, training_text
-from platypus_nb.contamination.verifier import Pieces, embed_pieces
+from platypus_nb.contamination.verifier import Pieces, content_words, embed_pieces
 from platypus_nb.embeddings import EmbeddingCache
 from platypus_nb.io import read_jsonl
 
@@ -44,8 +44,10 @@ KINDS = {
     "context_continued": "a HellaSwag context reworded, with its correct ending as the training answer",
     "voice_changed": "written by hand: voice, order and wording changed as a person paraphrases (HAND_WRITTEN)",
     # hard negatives
-    "same_subject": "an MMLU dev/validation question against its nearest MMLU test item of the same subject",
-    "arc_validation": "an ARC-Challenge/Easy validation question against its nearest ARC-Challenge test item",
+    "same_subject": "an MMLU dev/validation question against the MMLU test item of its subject that shares the "
+                    "largest share of its content words",
+    "arc_validation": "an ARC-Challenge/Easy validation question against the ARC-Challenge test item sharing the "
+                      "largest share of its content words",
     "other_numbers": "a test question with every number changed (the same template, another problem)",
     "other_entity": "a TruthfulQA question with its named place or person swapped for another",
 }
@@ -178,8 +180,12 @@ def _row(row_id: str, kind: str, item_or_set: TestItem | str, label: int, instru
             "data_source": f"detector_eval/{kind}"}
 
 
+def _plain(text: str) -> str:
+    return re.sub(r"\W+", " ", text).lower().strip()
+
+
 def _differs(a: str, b: str) -> bool:
-    return re.sub(r"\W+", " ", a).lower().strip() != re.sub(r"\W+", " ", b).lower().strip()
+    return _plain(a) != _plain(b)
 
 
 def build_positives(items_by_set: dict[str, list[TestItem]], seed: int, per_kind: dict[str, int]) -> list[dict]:
@@ -241,50 +247,51 @@ def _dropped(item: TestItem, rng: random.Random) -> Optional[tuple[str, str, str
     return synonymise(item.text, rng, 0.6) + "\n" + _lettered(options), "", item.answer
 
 
-def build_negatives(items_by_set: dict[str, list[TestItem]], embed: Callable[[list[str]], np.ndarray], seed: int,
-                    counts: dict[str, int]) -> list[dict]:
-    """Same-topic questions that ask something else: the ``counts[kind]`` hardest (most similar to their nearest
-    test item) of each, and numbers / entities changed by rule."""
+def build_negatives(items_by_set: dict[str, list[TestItem]], seed: int, counts: dict[str, int]) -> list[dict]:
+    """Same-topic questions that ask something else: the ``counts[kind]`` hardest of each (sharing the largest
+    share of content words with their nearest test item: the evidence a rewording leaves, so the hardest negatives
+    for the verifier), and numbers / entities changed by rule."""
     rng = random.Random(seed + 1)
     rows: list[dict] = []
-    mmlu = items_by_set["mmlu"]
-    by_subject: dict[str, list[int]] = defaultdict(list)
-    for i, it in enumerate(mmlu):
-        by_subject[it.test_id.split(":")[1]].append(i)
-    test_texts = {re.sub(r"\W+", " ", it.text).lower().strip() for s in items_by_set.values() for it in s}
+    test_texts = {_plain(it.text) for s in items_by_set.values() for it in s}
+
+    def nearest(question: str, pool: Sequence[TestItem], pool_words: Sequence[set[str]]) -> tuple[float, TestItem]:
+        mine = content_words(question)
+        shares = [len(mine & w) / len(w) if w else 0.0 for w in pool_words]
+        j = int(np.argmax(shares))
+        return shares[j], pool[j]
 
     # MMLU dev / validation against the test items of their subject
-    candidates = []
-    for split in ("mmlu_dev.jsonl.gz", "mmlu_validation.jsonl.gz"):
-        for n, r in enumerate(read_jsonl(data_file(split))):
-            if re.sub(r"\W+", " ", r["question"]).lower().strip() not in test_texts:
-                candidates.append((split.split(".")[0], n, r))
-    mmlu_emb = embed([it.text for it in mmlu])
-    cand_emb = embed([r["question"] for _, _, r in candidates])
+    mmlu_by_subject: dict[str, list[TestItem]] = defaultdict(list)
+    for it in items_by_set["mmlu"]:
+        mmlu_by_subject[it.test_id.split(":")[1]].append(it)
+    subject_words = {s: [content_words(it.text) for it in its] for s, its in mmlu_by_subject.items()}
     scored = []
-    for (split, n, r), v in zip(candidates, cand_emb):
-        idx = by_subject[r["subject"]]
-        sims = mmlu_emb[idx] @ v
-        j = int(np.argmax(sims))
-        scored.append((float(sims[j]), split, n, r, mmlu[idx[j]]))
-    scored.sort(key=lambda s: -s[0])
-    for sim, split, n, r, nearest in scored[:counts["same_subject"]]:
-        rows.append(_row(f"same_subject:{split}:{r['subject']}:{n}", "same_subject", "mmlu", 0, r["question"], "",
-                         nearest.test_id) | {"output": str(r["choices"][r["answer"]])})
+    for split in ("mmlu_dev", "mmlu_validation"):
+        for n, r in enumerate(read_jsonl(data_file(f"{split}.jsonl.gz"))):
+            if _plain(r["question"]) in test_texts:
+                continue
+            share, near = nearest(r["question"], mmlu_by_subject[r["subject"]], subject_words[r["subject"]])
+            scored.append((share, f"same_subject:{split}:{r['subject']}:{n}", r, near))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    for _, row_id, r, near in scored[:counts["same_subject"]]:
+        rows.append(_row(row_id, "same_subject", "mmlu", 0, r["question"], str(r["choices"][r["answer"]]),
+                         near.test_id))
 
     # ARC validation against ARC-Challenge test
     arc = items_by_set["arc_challenge"]
-    arc_emb = embed([it.text for it in arc])
-    val = [(f, r) for f in ("arc_challenge_validation.jsonl.gz", "arc_easy_validation.jsonl.gz")
-           for r in read_jsonl(data_file(f)) if re.sub(r"\W+", " ", r["question"]).lower().strip() not in test_texts]
-    val_emb = embed([r["question"] for _, r in val])
-    sims = val_emb @ arc_emb.T
-    order = np.argsort(-sims.max(axis=1))[:counts["arc_validation"]]
-    for k in order:
-        _, r = val[k]
+    arc_words = [content_words(it.text) for it in arc]
+    scored = []
+    for f in ("arc_challenge_validation", "arc_easy_validation"):
+        for r in read_jsonl(data_file(f"{f}.jsonl.gz")):
+            if _plain(r["question"]) in test_texts:
+                continue
+            share, near = nearest(r["question"], arc, arc_words)
+            scored.append((share, f"arc_validation:{r['id']}", r, near))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    for _, row_id, r, near in scored[:counts["arc_validation"]]:
         answer = r["choices"]["text"][r["choices"]["label"].index(r["answerKey"])]
-        rows.append(_row(f"arc_validation:{r['id']}", "arc_validation", "arc_challenge", 0, r["question"], answer,
-                         arc[int(sims[k].argmax())].test_id))
+        rows.append(_row(row_id, "arc_validation", "arc_challenge", 0, r["question"], answer, near.test_id))
 
     # Other numbers: MMLU and ARC test items with numbers, every number changed; no answer is known
     numbered = [it for s in ("mmlu", "arc_challenge") for it in items_by_set[s] if len(_NUMBER.findall(it.text)) >= 2
@@ -376,11 +383,11 @@ POSITIVE_COUNTS = {
 NEGATIVE_COUNTS = {"same_subject": 200, "arc_validation": 100, "other_numbers": 60, "other_entity": 40}
 
 
-def build_eval_set(embed: Callable[[list[str]], np.ndarray], seed: int = 0) -> list[dict]:
+def build_eval_set(seed: int = 0) -> list[dict]:
     """The whole set, positives then negatives, from the vendored data."""
     items_by_set = {name: load_test_set(name) for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")}
     return (build_positives(items_by_set, seed, POSITIVE_COUNTS) + build_hand_written(items_by_set)
-            + build_negatives(items_by_set, embed, seed, NEGATIVE_COUNTS))
+            + build_negatives(items_by_set, seed, NEGATIVE_COUNTS))
 
 
 def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
@@ -470,7 +477,7 @@ def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model
     pieces = embed_pieces([training_text(r) for r in rows], leaderboard, model, batch_size, cache,
                           show_progress=False)
     table, _ = evaluate(rows, leaderboard, pieces, replace(cfg, review_file=None),
-                        replace(cfg, review_file=None, verifier="off"))
+                        replace(cfg, review_file=None, verifier="none"))
     wide = table.pivot(index="group", columns="detector", values=["precision", "recall", "f1", "negatives_removed"])
     wide = wide.swaplevel(axis=1)[["paper", "step02_before", "step02_verifier"]].reindex(table["group"].unique())
     wide.insert(0, ("rows", "positives"), table.groupby("group")["positives"].first())

@@ -188,15 +188,25 @@ def evidence_score(segment_sim: float, overlap: float, options: float, agreement
             + W_ANSWER * (agreement == "same"))
 
 
-def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str,
-           threshold: float) -> tuple[float, float, float, bool]:
-    """(word overlap with the best-matching test piece, options found, score, same question) for one pair.
+# For a test item with a passage, the share of its question stem's content words a row must use to be asking that
+# question: below it the row shares the passage (MMLU asks several questions about one passage) but not the question.
+STEM_MIN_OVERLAP = 0.5
 
-    The same question needs the score at or above ``threshold`` and every name of the matched piece (the whole
-    text, or the stem when the row asks the stem alone) present in the row."""
+
+def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str,
+           threshold: float) -> tuple[float, float, float, bool, bool]:
+    """(word overlap with the best-matching test piece, options found, score, same question, question missing)
+    for one pair.
+
+    The same question needs the score at or above ``threshold``, every name of the matched piece (the whole text,
+    or the stem when the row asks the stem alone) present in the row, and, for an item with a passage, its question:
+    at least ``STEM_MIN_OVERLAP`` of the stem's content words (``question missing`` otherwise)."""
     stem = question_stem(item.text)
-    whole, of_stem = word_overlap(train_text, item.text), word_overlap(train_text, stem) if stem != item.text else 0.0
+    whole = word_overlap(train_text, item.text)
+    of_stem = word_overlap(train_text, stem) if stem != item.text else whole
     piece = stem if of_stem > whole else item.text
+    missing = stem != item.text and of_stem < STEM_MIN_OVERLAP
     options = options_found(train_text, item)
     score = evidence_score(segment_sim, max(whole, of_stem), options, agreement)
-    return max(whole, of_stem), options, score, score >= threshold and not names_differ(train_text, piece)
+    same = score >= threshold and not names_differ(train_text, piece) and not missing
+    return max(whole, of_stem), options, score, same, missing
