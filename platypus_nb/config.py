@@ -208,7 +208,7 @@ class ContaminationConfig:
     verifier: Literal["evidence", "none"] = "evidence"
     recall_top_k: int = 5
     recall_floor: float = 0.5
-    verifier_threshold: float = 1.35
+    verifier_threshold: float = 1.5
 
     def validate(self, v: "_Validator") -> None:
         v.unit_interval(self.threshold, "threshold")

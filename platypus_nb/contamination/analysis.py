@@ -21,7 +21,7 @@ from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreeme
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
-from platypus_nb.contamination.verifier import Pieces, recall_candidates, segment_similarity, verify
+from platypus_nb.contamination.verifier import Pieces, common_words, recall_candidates, segment_similarity, verify
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, write_jsonl
 
@@ -83,6 +83,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
     pairs["method"] = np.where(pairs["exact"], "exact", np.where(
         pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
     pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
+    common = common_words([item.text for item in items]) if verifying else set()
     records = []
     for p in pairs.itertuples(index=False):
         row, item = rows[p.train_index], items[p.test_index]
@@ -92,10 +93,10 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's
             differ = differ and numbers_differ(text, question_stem(item.text))
-            overlap, options, score, same, missing = verify(text, item, p.segment_similarity, agreement,
-                                                            cfg.verifier_threshold)
-            # another question on the same passage: the passage's n-grams are no evidence of this question
-            differ = differ or (missing and not p.exact)
+            overlap, options, score, same, question_differs = verify(text, item, p.segment_similarity, agreement,
+                                                                     cfg.verifier_threshold, common)
+            # another place or person, or another question on the same passage: shared n-grams are no evidence
+            differ = differ or (question_differs and not p.exact)
         else:
             overlap, options, score, same = float("nan"), float("nan"), float("nan"), None
         if p.method == "segment" and not same:

@@ -48,10 +48,21 @@ def content_words(text: str) -> set[str]:
     return {w[:6] for w in words(text) if w not in STOPWORDS and len(w) > 1}
 
 
+_OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s.*$", re.M)
+
+
 def word_overlap(train_text: str, test_text: str) -> float:
-    """The share of the test text's content words that the training text uses (0 when it has none)."""
+    """How far the two texts use the same content words: the harmonic mean of the share of the test text's words
+    found in the row and the share of the row's words (option lines such as "A. ..." left out) found in the test
+    text; 0 when either has none. One-sided, a short generic test question ("Which is a statement about
+    weather?") would be "contained" in any longer question on its topic."""
     test = content_words(test_text)
-    return len(test & content_words(train_text)) / len(test) if test else 0.0
+    train = content_words(_OPTION_LINE.sub("", train_text))
+    if not test or not train:
+        return 0.0
+    shared = len(test & train)
+    recall, precision = shared / len(test), shared / len(train)
+    return 2 * recall * precision / (recall + precision) if shared else 0.0
 
 
 def options_found(train_text: str, item: TestItem) -> float:
@@ -64,21 +75,27 @@ def options_found(train_text: str, item: TestItem) -> float:
     return sum(contains_words(text, o) for o in options) / len(options)
 
 
-_NAME = re.compile(r"(?<![.?!:\n]\s)(?<![\n\"“(\[|])(?<!^)\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*\b")
+_CAPITALISED = re.compile(r"\b[A-Z][a-z]+\b")
+_LOWER_WORD = re.compile(r"\b[a-z]+\b")
 
 
-def names(text: str) -> set[str]:
-    """Capitalised words not at the start of a sentence (places, people, organisations), lower-cased; all-caps
+def common_words(texts: Sequence[str]) -> set[str]:
+    """Words that occur in lower case somewhere in ``texts``: a capitalised one of them is a sentence's first
+    word, not a name."""
+    return {w for t in texts for w in _LOWER_WORD.findall(t)}
+
+
+def names(text: str, common: set[str]) -> set[str]:
+    """Capitalised words that are not ``common`` words (places, people, organisations), lower-cased; all-caps
     words (emphasis such as "MOST") are not names."""
-    text = text.strip()
-    return {m.group(0).lower() for m in _NAME.finditer(text)}
+    return {w.lower() for w in _CAPITALISED.findall(text) if w.lower() not in common and w.lower() not in STOPWORDS}
 
 
-def names_differ(train_text: str, test_text: str) -> bool:
+def names_differ(train_text: str, test_text: str, common: set[str]) -> bool:
     """Whether a name of the test text is missing from the training text (the same question about another place
     or person: "What happens if you go to France?" against "... to Germany?")."""
     lowered = normalised(train_text)
-    return any(not contains_words(lowered, normalised(n)) for n in names(test_text))
+    return any(not contains_words(lowered, n) for n in names(test_text, common))
 
 
 # ------------------------------------------------------------------------------------------------ stage one
@@ -188,25 +205,27 @@ def evidence_score(segment_sim: float, overlap: float, options: float, agreement
             + W_ANSWER * (agreement == "same"))
 
 
-# For a test item with a passage, the share of its question stem's content words a row must use to be asking that
-# question: below it the row shares the passage (MMLU asks several questions about one passage) but not the question.
-STEM_MIN_OVERLAP = 0.5
+# For a test item with a passage, how far a row must use its question stem's content words (``word_overlap``) to be
+# asking that question: below it the row shares the passage (MMLU asks several questions about one passage) but
+# not the question.
+STEM_MIN_OVERLAP = 0.6
 
 
-def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str,
-           threshold: float) -> tuple[float, float, float, bool, bool]:
-    """(word overlap with the best-matching test piece, options found, score, same question, question missing)
+def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
+           common: set[str]) -> tuple[float, float, float, bool, bool]:
+    """(word overlap with the best-matching test piece, options found, score, same question, question differs)
     for one pair.
 
-    The same question needs the score at or above ``threshold``, every name of the matched piece (the whole text,
-    or the stem when the row asks the stem alone) present in the row, and, for an item with a passage, its question:
-    at least ``STEM_MIN_OVERLAP`` of the stem's content words (``question missing`` otherwise)."""
+    The question differs when a name of the matched piece (the whole text, or the stem when the row asks the stem
+    alone) is missing from the row, or, for an item with a passage, when the row's own question (its stem) does not
+    use the item's stem's words (``STEM_MIN_OVERLAP``). The same question needs a score at or above ``threshold``
+    and no such difference."""
     stem = question_stem(item.text)
     whole = word_overlap(train_text, item.text)
-    of_stem = word_overlap(train_text, stem) if stem != item.text else whole
+    of_stem = word_overlap(question_stem(_OPTION_LINE.sub("", train_text).strip()), stem) if stem != item.text \
+        else whole
     piece = stem if of_stem > whole else item.text
-    missing = stem != item.text and of_stem < STEM_MIN_OVERLAP
+    differs = names_differ(train_text, piece, common) or (stem != item.text and of_stem < STEM_MIN_OVERLAP)
     options = options_found(train_text, item)
     score = evidence_score(segment_sim, max(whole, of_stem), options, agreement)
-    same = score >= threshold and not names_differ(train_text, piece) and not missing
-    return max(whole, of_stem), options, score, same, missing
+    return max(whole, of_stem), options, score, score >= threshold and not differs, differs
