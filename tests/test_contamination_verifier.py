@@ -15,8 +15,16 @@ from platypus_nb.io import read_jsonl
 HISTORY = "mmlu:high_school_us_history:178"
 # A pinned subset of the evaluation set: rewordings today's rules miss (a stem without its passage, synonyms, a
 # reframed question, options dropped) and same-topic questions that must stay.
-PINNED_POSITIVES: list[str] = []
-PINNED_NEGATIVES: list[str] = []
+MISSED_BEFORE = ["passage_stripped:mmlu:high_school_european_history:64", "passage_stripped:mmlu:professional_medicine:88",
+                 "passage_stripped:mmlu:professional_law:810", "passage_stripped:mmlu:high_school_world_history:7",
+                 "options_dropped:arc_challenge:Mercury_SC_401142", "options_dropped:mmlu:high_school_statistics:201"]
+PINNED_POSITIVES = MISSED_BEFORE + ["voice_changed:truthfulqa:88", "voice_changed:arc_challenge:LEAP_2007_8_10417"]
+# the first four were removed before the verifier: the same passage with another question, another country
+REMOVED_BEFORE = ["same_subject:mmlu_validation:high_school_world_history:654",
+                  "same_subject:mmlu_validation:high_school_world_history:659", "other_entity:truthfulqa:680",
+                  "other_entity:truthfulqa:734"]
+PINNED_NEGATIVES = REMOVED_BEFORE + ["same_subject:mmlu_validation:professional_law:1288",
+                                     "arc_validation:Mercury_7245893", "other_numbers:mmlu:high_school_mathematics:64"]
 
 
 def _mmlu(test_id: str) -> C.TestItem:
@@ -95,7 +103,9 @@ def test_without_the_verifier_the_rewordings_are_missed(pinned):
     off = load_config("tiny", {"contamination.review_file": None, "contamination.verifier": "none"}).contamination
     removed, removed_with = _run(rows, items, off)
     result = scores(rows, removed, removed_with)
-    assert result["fn"] >= len(PINNED_POSITIVES) // 2 and result["fp"] == 0, result
+    missed = {rows[i]["id"] for i in range(len(PINNED_POSITIVES)) if rows[i]["test_id"] not in removed_with.get(i, ())}
+    wrongly = {rows[i]["id"] for i in removed if rows[i]["label"] == 0}
+    assert missed == set(MISSED_BEFORE) and wrongly == set(REMOVED_BEFORE), result
 
 
 @pytest.mark.parametrize("overrides, message", [
