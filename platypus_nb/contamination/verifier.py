@@ -86,9 +86,17 @@ def common_words(texts: Sequence[str]) -> set[str]:
 
 
 def names(text: str, common: set[str]) -> set[str]:
-    """Capitalised words that are not ``common`` words (places, people, organisations), lower-cased; all-caps
-    words (emphasis such as "MOST") are not names."""
-    return {w.lower() for w in _CAPITALISED.findall(text) if w.lower() not in common and w.lower() not in STOPWORDS}
+    """Capitalised words inside a sentence, and sentence-initial ones that are not ``common`` words (places,
+    people, organisations), lower-cased; all-caps words (emphasis such as "MOST") and stop words are not names.
+    (``common`` alone would not do: HellaSwag writes many names in lower case.)"""
+    found = set()
+    for m in _CAPITALISED.finditer(text):
+        word = m.group(0).lower()
+        before = text[:m.start()].rstrip()
+        initial = not before or before[-1] in ".?!:;\n\"“(['|"
+        if word not in STOPWORDS and not (initial and word in common):
+            found.add(word)
+    return found
 
 
 def names_differ(train_text: str, test_text: str, common: set[str]) -> bool:
