@@ -93,7 +93,7 @@ def names(text: str, common: set[str]) -> set[str]:
     for m in _CAPITALISED.finditer(text):
         word = m.group(0).lower()
         before = text[:m.start()].rstrip()
-        initial = not before or before[-1] in ".?!:;\n\"“(['|"
+        initial = not before or before[-1] in ".?!:;\n\"“([]'|"
         if word not in STOPWORDS and not (initial and word in common):
             found.add(word)
     return found
