@@ -136,7 +136,7 @@ class DatasetConfig:
 
 
 # Test sets in data/ that step 02 compares training rows with: the four Open LLM Leaderboard v1 benchmarks the paper
-# checked, and the two evaluation splits the original build put into the training data (PAPER.md section 2).
+# checked, and the two evaluation splits the original build put into the training data (docs/contamination.md).
 LEADERBOARD_TEST_SETS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
 TEST_SETS = LEADERBOARD_TEST_SETS + ("math_test", "theoremqa_test")
 TestSetName = Literal[TEST_SETS]

@@ -215,7 +215,7 @@ def test_gray_area_rows_follow_the_config(planted):
 
 
 def test_real_mmlu_items_copying_math_test_problems_are_exact_matches():
-    """PAPER.md: MMLU test items copy MATH problems verbatim; the MATH test problems in the training data find them."""
+    """docs/contamination.md: MMLU test items copy MATH problems verbatim; MATH test problems in training data find them."""
     mmlu = [i for i in C.load_test_set("mmlu") if i.test_id.startswith("mmlu:high_school_mathematics:")]
     math = [r["problem"] for r in read_jsonl(data_file("math_test.jsonl.gz"))]
     pairs = C.lexical_pairs(math, [i.text for i in mmlu])
