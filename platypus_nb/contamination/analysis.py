@@ -211,7 +211,7 @@ def rephrase_rates(rows: Sequence[dict[str, Any]], flagged: pd.DataFrame) -> tup
     Returns (rates: ``rows, rephrasing_rows, rate`` per source and test set; examples: the pairs, most similar
     first)."""
     pairs = flagged[(flagged["verifier_same"].astype(str) == "True") & flagged["method"].isin(["embedding", "segment"])
-                    & (flagged["benchmark"] != "eval_split_source")]
+                    & (flagged["category"] != "similar_but_different") & (flagged["benchmark"] != "eval_split_source")]
     sources = pd.Series([data_source_of(r) for r in rows]).value_counts().rename("rows")
     found = pairs.groupby(["data_source", "benchmark"])["train_index"].nunique().unstack(fill_value=0)
     rates = found.reindex(sources.index, fill_value=0)
