@@ -270,6 +270,10 @@ class FinetuneConfig:
     save_steps: int = 1000
     save_total_limit: int = 2
     resume: bool = True
+    # Where the Trainer reports each step's loss, learning rate and grad norm besides metrics.json: "tensorboard"
+    # (logs under 03_finetune/trainer/runs/), "wandb", "mlflow", "trackio" (each needs its package); [] for none.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = field(
+        default_factory=lambda: ["tensorboard"])
     world_size: int = 1
     # An accelerate config file for world_size > 1 (FSDP / DeepSpeed ZeRO-3 for 13B / 70B, see
     # configs/accelerate/README.md); null: plain DDP (configs/accelerate/ddp.yaml).
