@@ -80,8 +80,8 @@ def resume_point(folder: Path, fingerprint: dict) -> tuple[Optional[Path], list[
         return None, [], (f"{latest} was trained with other {', '.join(changed)} than this run: training from "
                           f"step 0")
     files = {str(p.relative_to(latest)) for p in latest.rglob("*") if p.is_file()} - {COMMIT_FILE}
-    damaged = sorted(files ^ set(record["files"]))
-    damaged += [n for n in sorted(files & set(record["files"])) if sha256_file(latest / n) != record["files"][n]]
+    damaged = sorted((files ^ set(record["files"]))
+                     | {n for n in files & set(record["files"]) if sha256_file(latest / n) != record["files"][n]})
     if damaged:
         return None, [], (f"{latest}: {', '.join(damaged)} changed since the checkpoint was written: training "
                           f"from step 0")

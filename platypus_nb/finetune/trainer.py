@@ -166,7 +166,8 @@ def training_arguments(cfg: FinetuneConfig, out_dir: Path, seed: int, n_steps: i
         learning_rate=cfg.learning_rate, lr_scheduler_type=_SCHEDULERS[cfg.lr_scheduler],
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         optim="adamw_torch", bf16=mixed_precision == "bf16", fp16=mixed_precision == "fp16",
-        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1, logging_nan_inf_filter=False, save_strategy="steps", save_steps=cfg.save_steps,
         report_to=list(cfg.report_to), seed=seed, use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False, remove_unused_columns=False, dataloader_num_workers=0)
