@@ -185,6 +185,7 @@ def run_pipeline(config: str | Path = "tiny", steps: Optional[Sequence[str]] = N
                  overrides: Optional[dict[str, Any] | list[str]] = None, progress: bool = True,
                  notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, Any]:
     """Execute the selected notebooks in order; return the manifest. Raises RunnerError on a failed step."""
+    import papermill as pm
     from tqdm.auto import tqdm
 
     from platypus_nb.config import parse_overrides
@@ -224,14 +225,17 @@ def run_pipeline(config: str | Path = "tiny", steps: Optional[Sequence[str]] = N
                 tqdm.write(f"[skip] {step.stem}: config, code and inputs unchanged")
             continue
         executed = run_dir / "notebooks" / step.notebook.name
+        step_parameters = parameters  # --force reaches a step that keeps state of its own (03's checkpoints)
+        if force and "force" in pm.inspect_notebook(str(step.notebook)):
+            step_parameters = {**parameters, "force": True}
         record = {"status": "running", "key": key, "notebook": str(step.notebook.relative_to(PROJECT_ROOT))
                   if step.notebook.is_relative_to(PROJECT_ROOT) else str(step.notebook),
-                  "executed_notebook": str(executed), "parameters": parameters, "started": _now()}
+                  "executed_notebook": str(executed), "parameters": step_parameters, "started": _now()}
         manifest["steps"][step.stem] = record
         _save_manifest(run_dir, manifest)
         t0 = time.perf_counter()
         try:
-            execute_notebook(step.notebook, executed, parameters, cwd=notebooks_dir, progress=progress)
+            execute_notebook(step.notebook, executed, step_parameters, cwd=notebooks_dir, progress=progress)
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's error
             record.update({"status": "failed", "finished": _now(), "duration_s": round(time.perf_counter() - t0, 2),
                            "error": _describe_error(e)})
