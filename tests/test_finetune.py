@@ -26,8 +26,8 @@ from platypus_nb.config import ConfigError, FinetuneConfig, load_config
 from platypus_nb.finetune import ModelSetupError, TrainingDataError, TrainingDivergedError, train_lora
 from platypus_nb.finetune.attention import SEGMENT_SDPA, register_segment_sdpa, segment_bounds
 from platypus_nb.finetune.checkpoints import COMMIT_FILE, list_checkpoints
-from platypus_nb.finetune.data import (IGNORE_INDEX, PackingCollator, PlannedExamples, StepBatches, loss_weights,
-                                       n_targets, plan_steps, tokenize_row, tokenize_rows)
+from platypus_nb.finetune.data import (IGNORE_INDEX, PackingCollator, loss_weights, n_targets, plan_steps,
+                                       planned_examples, step_batches, tokenize_row, tokenize_rows)
 from platypus_nb.io import sha256_file
 from platypus_nb.paths import PROJECT_ROOT
 from platypus_nb.prompts import render_prompt, response_of
@@ -122,12 +122,12 @@ def test_step_plan_is_seeded_and_split_across_processes(math_rows, tokenizer):
     plan = plan_steps(len(examples), 8, 4, seed=7)
     assert plan == plan_steps(len(examples), 8, 4, seed=7) != plan_steps(len(examples), 8, 4, seed=8)
     assert sorted(i for step in plan[:len(examples) // 4] for i in step) == list(range(len(examples)))  # epoch 1
-    lengths = [len(e["input_ids"]) for e in PlannedExamples(examples, plan, "example").items]
-    two = [list(StepBatches(lengths, dataclasses.replace(RECIPE, world_size=2), rank, 2)) for rank in range(2)]
+    lengths = [len(e["input_ids"]) for e in planned_examples(examples, plan, "example")]
+    two = [step_batches(lengths, dataclasses.replace(RECIPE, world_size=2), rank, 2) for rank in range(2)]
     # Each process: one forward of its 2 examples per step (global 4 / micro 2 / 2 processes), every example once.
     assert len(two[0]) == len(two[1]) == 8 and sorted(j for b in two[0] + two[1] for j in b) == list(range(32))
     assert all(len(b) == 2 for b in two[0] + two[1])
-    one = list(StepBatches(lengths, dataclasses.replace(RECIPE, micro_batch_size=1), 0, 1))
+    one = step_batches(lengths, dataclasses.replace(RECIPE, micro_batch_size=1), 0, 1)
     assert len(one) == 8 * 4  # 4 forwards a step, the unused ones (packing fills fewer) empty and first
     for step in range(8):
         forwards = one[4 * step:4 * step + 4]
@@ -158,7 +158,7 @@ def test_packed_row_attends_within_each_example_only(attention, math_rows, token
 
     register_segment_sdpa()
     examples, _ = tokenize_rows(math_rows[:3], tokenizer, RECIPE)
-    features = PlannedExamples(examples, [[0, 1, 2]], "token").items
+    features = planned_examples(examples, [[0, 1, 2]], "token")
     packed, padded = PackingCollator(True, tokenizer.pad_token_id), PackingCollator(False, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32,
                                                  attn_implementation=attention).eval()

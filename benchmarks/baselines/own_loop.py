@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from platypus_nb.assets import load_tokenizer
 from platypus_nb.config import FinetuneConfig
-from platypus_nb.finetune.data import (PackingCollator, PlannedExamples, StepBatches, count_steps, plan_steps,
+from platypus_nb.finetune.data import (PackingCollator, count_steps, plan_steps, planned_examples, step_batches,
                                        tokenize_rows)
 from platypus_nb.finetune.model import load_lora_model, resolve_precision
 
@@ -33,8 +33,8 @@ def train_own_loop(rows: list[dict], cfg: FinetuneConfig, base_model: str, steps
     tokenizer = load_tokenizer(base_model)
     examples, _ = tokenize_rows(rows, tokenizer, cfg)
     plan = plan_steps(len(examples), count_steps(len(examples), cfg, steps), cfg.global_batch_size, seed)
-    dataset = PlannedExamples(examples, plan, cfg.loss_weighting)
-    forwards = list(StepBatches([len(e["input_ids"]) for e in dataset.items], cfg, 0, 1))
+    dataset = planned_examples(examples, plan, cfg.loss_weighting)
+    forwards = step_batches([len(e["input_ids"]) for e in dataset], cfg, 0, 1)
     per_step = len(forwards) // len(plan)
     collate = PackingCollator(cfg.packing, tokenizer.pad_token_id)
     model = load_lora_model(base_model, cfg, resolve_precision(cfg, cuda), device, seed).to(device)

@@ -5,9 +5,9 @@ Tokenization follows the original ``finetune.py`` (docs/training.md, "Tokenizati
 keeps its labels *shifted* (``shift_labels[i]`` is what position ``i`` predicts), so examples can be concatenated into
 one padding-free row without any position learning to predict the next example's first token.
 
-Which examples make each optimizer step is fixed once, from the seed (:func:`plan_steps`); :class:`StepBatches`
+Which examples make each optimizer step is fixed once, from the seed (:func:`plan_steps`); :func:`step_batches`
 splits every step the same way whatever the number of processes, and :class:`PackingCollator` turns each forward's
-examples into tensors. Both are the Trainer's ordinary plug-ins (a batch sampler and a data collator).
+examples into tensors: the Trainer's ordinary plug-ins (a batch sampler and a data collator).
 """
 
 from __future__ import annotations
@@ -127,19 +127,11 @@ def plan_steps(n_examples: int, n_steps: int, global_batch_size: int, seed: int)
     return [order[s * global_batch_size:(s + 1) * global_batch_size] for s in range(n_steps)]
 
 
-class PlannedExamples(torch.utils.data.Dataset):
-    """The plan laid out flat: item ``j`` is the example at position ``j % G`` of step ``j // G`` with its loss
-    weight, which depends on the step's other examples (see :func:`loss_weights`)."""
-
-    def __init__(self, examples: Sequence[dict], plan: list[list[int]], loss_weighting: str):
-        self.items = [{**examples[i], "weight": w} for step in plan
-                      for i, w in zip(step, loss_weights([n_targets(examples[i]) for i in step], loss_weighting))]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        return self.items[j]
+def planned_examples(examples: Sequence[dict], plan: list[list[int]], loss_weighting: str) -> list[dict[str, Any]]:
+    """The plan laid out flat, the Trainer's dataset: item ``j`` is the example at position ``j % G`` of step
+    ``j // G`` with its loss weight, which depends on the step's other examples (see :func:`loss_weights`)."""
+    return [{**examples[i], "weight": w} for step in plan
+            for i, w in zip(step, loss_weights([n_targets(examples[i]) for i in step], loss_weighting))]
 
 
 def loss_weights(targets_per_example: list[int], loss_weighting: str) -> list[float]:
@@ -154,37 +146,25 @@ def loss_weights(targets_per_example: list[int], loss_weighting: str) -> list[fl
     return [1.0 / sum(targets_per_example)] * len(targets_per_example)
 
 
-class StepBatches(torch.utils.data.Sampler):
-    """This process's forwards, step after step: a batch sampler over :class:`PlannedExamples`.
+def step_batches(lengths: Sequence[int], cfg: FinetuneConfig, rank: int, world_size: int) -> list[list[int]]:
+    """This process's forwards, step after step: the Trainer's batch sampler over :func:`planned_examples`.
 
-    Every step yields exactly ``global_batch_size / micro_batch_size / world_size`` lists (the original's gradient
-    accumulation, which the Trainer counts on); a process takes an equal share of the step's examples, longest
-    first dealt round-robin. ``packing``: first-fit-decreasing into forwards of at most ``micro_batch_size x
-    cutoff_len`` tokens (the original's token ceiling), which never needs more lists than that count; the unused
-    ones come first and are empty, so the step's last forward, where DDP synchronises, always has work.
-    Otherwise the original's ``micro_batch_size`` examples per forward (longest first with ``group_by_length``).
+    Every step yields the original's gradient accumulation count of lists (global batch / micro-batch / processes),
+    from this process's equal share of the step, longest first. ``packing``: first-fit-decreasing into forwards of at
+    most ``micro_batch_size x cutoff_len`` tokens, never more than that count (docs/training.md); the unused lists
+    are empty and come first, so the step's last forward, where DDP synchronises, has work. Otherwise
+    ``micro_batch_size`` examples per forward.
     """
-
-    def __init__(self, lengths: Sequence[int], cfg: FinetuneConfig, rank: int, world_size: int):
-        g, per_forward = cfg.global_batch_size, cfg.micro_batch_size
-        accumulation = g // per_forward // world_size
-        self.batches: list[list[int]] = []
-        for start in range(0, len(lengths), g):
-            longest_first = sorted(range(start, start + g), key=lambda j: (-lengths[j], j))
-            share = longest_first[rank::world_size]
-            if cfg.packing:
-                forwards = _first_fit_decreasing(share, lengths, per_forward * cfg.cutoff_len)
-                forwards = [[]] * (accumulation - len(forwards)) + forwards
-            else:
-                order = share if cfg.group_by_length else sorted(share)
-                forwards = [order[k:k + per_forward] for k in range(0, len(order), per_forward)]
-            self.batches.extend(forwards)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+    g, per_forward = cfg.global_batch_size, cfg.micro_batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(lengths), g):
+        share = sorted(range(start, start + g), key=lambda j: (-lengths[j], j))[rank::world_size]
+        if cfg.packing:
+            forwards = _first_fit_decreasing(share, lengths, per_forward * cfg.cutoff_len)
+            batches += [[]] * (g // per_forward // world_size - len(forwards)) + forwards
+        else:  # longest first, as the former loop grouped them (padding only; group_by_length adds nothing)
+            batches += [share[k:k + per_forward] for k in range(0, len(share), per_forward)]
+    return batches
 
 
 def _first_fit_decreasing(share: list[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -1,15 +1,10 @@
 """The recipe on ``transformers.Trainer``: one code path for one process, DDP, FSDP and DeepSpeed.
 
-The Trainer runs the steps (AdamW "adamw_torch" with HF defaults as the original, warm-up + cosine, grad-norm clip
-1.0, gradient accumulation, mixed precision, checkpoints, resume, logging, ``report_to``); what the recipe adds are
-its ordinary plug-ins (docs/training.md, "The engine and its plug-ins"):
-- the plan's batches (``get_train_dataloader`` over :class:`~platypus_nb.finetune.data.StepBatches`), so every
-  optimizer step trains the same examples whatever the number of processes;
-- :class:`~platypus_nb.finetune.data.PackingCollator`, packed rows with position ids restarting per example;
-- ``compute_loss``: the LM head on target positions only, each example's tokens weighted so that a step optimises
-  the mean the original did (``finetune.loss_weighting``);
-- a ``log`` that records each step's exact loss, tokens and time (``metrics.json``, TensorBoard), a callback that
-  stops on a non-finite loss or gradient norm, and one that commits checkpoints atomically.
+The Trainer runs the steps (AdamW "adamw_torch" with HF defaults as the original, warm-up + cosine, clipping,
+accumulation, mixed precision, checkpoints, resume, logging, ``report_to``). The recipe's plug-ins, and why each is
+needed (docs/training.md, "The engine and its plug-ins"): the plan's batch sampler and the packing collator
+(``data``), per-example attention (``attention``), ``compute_loss`` (response tokens only, per-example weights), an
+exact per-step ``log``, a stop on divergence, and the atomic checkpoint commit (``checkpoints``).
 """
 
 from __future__ import annotations
@@ -31,8 +26,8 @@ from transformers import Trainer, TrainerCallback
 
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.finetune.checkpoints import CHECKPOINTS, commit, list_checkpoints
-from platypus_nb.finetune.data import (PackingCollator, PlannedExamples, StepBatches, count_steps, load_train_rows,
-                                       plan_steps, tokenize_rows)
+from platypus_nb.finetune.data import (PackingCollator, count_steps, load_train_rows, plan_steps, planned_examples,
+                                       step_batches, tokenize_rows)
 from platypus_nb.finetune.model import (lm_head_flops_per_target, load_lora_model, resolve_precision,
                                         training_flops_per_token)
 from platypus_nb.io import atomic_write_json
@@ -77,7 +72,7 @@ class RecipeTrainer(Trainer):
 
     loss_is_scaled_for_ga = True  # the loss weights already normalise over the whole global batch
 
-    def __init__(self, *args: Any, batches: StepBatches, **kwargs: Any):
+    def __init__(self, *args: Any, batches: list[list[int]], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.batches = batches
         self.sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
@@ -91,7 +86,7 @@ class RecipeTrainer(Trainer):
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self.clock = self.clock or (time.perf_counter(), time.process_time())
-        if inputs["input_ids"].numel() == 0:  # an unused forward of a packed step (see StepBatches)
+        if inputs["input_ids"].numel() == 0:  # an unused forward of a packed step (see step_batches)
             return torch.zeros((), device=self.args.device)
         self.forwards += 1
         return super().training_step(model, inputs, num_items_in_batch)
@@ -188,11 +183,11 @@ def run_training(job: TrainJob) -> None:
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # set by accelerate launch
     model = load_lora_model(job.base_model, cfg, precision, args.device, job.seed, job.trust_remote_code, fsdp)
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    dataset = PlannedExamples(examples, plan, cfg.loss_weighting)
+    dataset = planned_examples(examples, plan, cfg.loss_weighting)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # original: pad_token_id = 0
     trainer = RecipeTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=PackingCollator(cfg.packing, pad_id),
-        batches=StepBatches([len(e["input_ids"]) for e in dataset.items], cfg, args.process_index, args.world_size),
+        batches=step_batches([len(e["input_ids"]) for e in dataset], cfg, args.process_index, args.world_size),
         callbacks=[StopOnNonFinite(), CommitCheckpoints(out_dir / CHECKPOINTS, {
             "fingerprint": job.fingerprint, "resumed_from_steps": job.resumed_from_steps}, cfg.save_total_limit)])
     trainer.train(resume_from_checkpoint=job.resume_from)
