@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 
 def _umask() -> int:
@@ -133,6 +133,48 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What atomic_path and atomic_directory leave behind when a process is killed before the rename.
+_TEMPORARY = re.compile(r"\..+\.(tmp|partial|old)")
+
+
+def is_temporary(rel: str | Path) -> bool:
+    """Whether a path (relative to an output folder) lies in, or is, a hidden file or folder: a temporary of the
+    atomic writers above, or editor state (``.ipynb_checkpoints``); never a stage's output."""
+    return any(part.startswith(".") for part in Path(rel).parts)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete what killed atomic writes left under ``folder`` (``.<name>.*.tmp``, ``.<name>.*.partial``,
+    ``.<name>.old``); return what was removed. Only safe while no other process writes there (the run lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*") if _TEMPORARY.fullmatch(p.name)]
+    removed = []
+    for p in sorted(stale, key=lambda p: len(p.parts)):
+        if any(r in p.parents for r in removed):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def changed_file(folder: str | Path, digests: dict[str, str]) -> Optional[str]:
+    """The first file of ``digests`` (relative path -> sha256) that is missing under ``folder`` or differs, described
+    in a few words naming it; None when every file hashes as recorded. Used to verify cached models."""
+    folder = Path(folder)
+    for rel, digest in digests.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != digest:
+            return f"{path} does not match its recorded sha256 (truncated or altered)"
+    return None
 
 
 def read_csv_checked(path: str | Path, columns: list[str], missing_hint: str):
