@@ -165,15 +165,13 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 def changed_file(folder: str | Path, digests: dict[str, str]) -> Optional[str]:
-    """The first file of ``digests`` (relative path -> sha256) that is missing under ``folder`` or differs, described
-    in a few words naming it; None when every file hashes as recorded. Used to verify cached models."""
+    """The first file of ``digests`` (relative path -> sha256) that is missing under ``folder`` or hashes otherwise
+    (truncated or altered); None when all are as recorded. How cached models are verified before reuse."""
     folder = Path(folder)
     for rel, digest in digests.items():
         path = folder / rel
-        if not path.is_file():
-            return f"{path} is missing"
-        if sha256_file(path) != digest:
-            return f"{path} does not match its recorded sha256 (truncated or altered)"
+        if not path.is_file() or sha256_file(path) != digest:
+            return rel
     return None
 
 

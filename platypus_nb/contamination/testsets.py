@@ -48,25 +48,17 @@ def training_text_hash(row: dict[str, Any]) -> str:
 
 
 def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read the training JSONL, checking every row before any work starts.
+    """Read the training JSONL, checking every row before any work starts (the schema and reader step 03 uses too,
+    :mod:`platypus_nb.contracts`).
 
-    A row needs string ``instruction`` (non-empty) and ``output``; ``input`` and ``data_source`` are optional strings
+    A row needs non-empty string ``instruction`` and ``output``; ``input`` and ``data_source`` are optional strings
     (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises
     ValueError naming the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps
     every field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training file {path} does not exist (expected the JSONL written by step 01, "
-                                f"or pass train_path)")
-    rows = read_jsonl(path)
-    for lineno, row in zip(_nonblank_line_numbers(path), rows):
-        problem = _training_row_problem(row)
-        if problem:
-            raise ValueError(f"{path}: line {lineno}: {problem}")
-    if not rows:
-        raise ValueError(f"{path}: no training rows (expected JSONL rows with instruction, input, output)")
-    return rows
+    from platypus_nb.contracts import read_training_rows
+
+    return read_training_rows(path)
 
 
 def _nonblank_line_numbers(path: Path) -> list[int]:
