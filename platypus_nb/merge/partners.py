@@ -224,7 +224,7 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
     if damaged is not None and (folder / PARTNER_RECORD).is_file():
         print(f"cached partner {spec.name}: {damaged}; rebuilding it")
         (folder / PARTNER_RECORD).unlink()
-        shutil.rmtree(folder / "adapter")  # rebuilt from scratch below: damage is rare, a partial repair not worth it
+        shutil.rmtree(folder / "adapter", ignore_errors=True)  # rebuilt whole: damage is rare
     if not cached:
         write_jsonl(folder / "train_rows.jsonl", rows)
         if not (folder / "adapter" / "adapter_config.json").is_file():
