@@ -57,8 +57,14 @@ def test_good_rows_read_the_same_from_plain_and_gzip_files_and_lists(tmp_path):
 
 
 def test_only_the_default_reproduction_refreshes_the_readme_figures(tmp_path):
-    from platypus_nb.figures import figures_dir_for
     from platypus_nb.stages import open_stage
+
+    cfg = tmp_path / "other.yaml"
+    cfg.write_text(f"run:\n  name: other\n  runs_dir: {tmp_path / 'runs'}\n")
+    stage = open_stage("06_results", str(cfg))
+    assert stage.figures_dir == tmp_path / "runs" / "other" / "figures" and stage.figures_dir.is_dir()
+
+    from platypus_nb.figures import figures_dir_for
 
     default = load_config("tiny")
     assert figures_dir_for(default, default.run_dir()) == PROJECT_ROOT / "figures"
@@ -67,8 +73,3 @@ def test_only_the_default_reproduction_refreshes_the_readme_figures(tmp_path):
     assert figures_dir_for(default, tmp_path / "elsewhere") == tmp_path / "elsewhere" / "figures"
     explicit = load_config("tiny", [f"run.figures_dir={tmp_path / 'mine'}"])
     assert figures_dir_for(explicit, explicit.run_dir()) == tmp_path / "mine"
-
-    cfg = tmp_path / "other.yaml"
-    cfg.write_text(f"run:\n  name: other\n  runs_dir: {tmp_path / 'runs'}\n")
-    stage = open_stage("06_results", str(cfg))
-    assert stage.figures_dir == tmp_path / "runs" / "other" / "figures" and stage.figures_dir.is_dir()
