@@ -13,11 +13,11 @@ Training rows (step 01's ``open_platypus.jsonl``, step 02's ``clean.jsonl``, a u
 from __future__ import annotations
 
 import fnmatch
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from platypus_nb.io import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -134,32 +134,24 @@ def check_training_rows(rows: Iterable[Any], where: str) -> list[dict[str, Any]]
 def read_training_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read a training JSONL (``.gz`` too), checking every row before any work starts; rows are returned unchanged.
 
-    Bytes are decoded line by line so that an error names the real 1-based line number (blank lines count) and,
-    for bytes that are not UTF-8, the column; blank lines are skipped.
+    An error names the file and the real 1-based line number (blank lines count), and for bytes that are not UTF-8
+    the column (:func:`platypus_nb.io.iter_jsonl`).
     """
     path = Path(path)
     if not path.is_file():
         raise TrainingRowsError(f"training file {path} does not exist (expected JSONL rows with instruction, input, "
                                 f"output, as step 01 writes them)")
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TrainingRowsError(f"{path}: line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                                        f"column {e.start + 1}); expected UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainingRowsError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+    try:
+        for lineno, row in iter_jsonl(path):
             problem = training_row_problem(row)
             if problem:
                 raise TrainingRowsError(f"{path}: line {lineno}: {problem}")
             rows.append(row)
+    except TrainingRowsError:
+        raise
+    except ValueError as e:  # not UTF-8, not JSON, not an object: already names the file and line
+        raise TrainingRowsError(str(e)) from None
     if not rows:
         raise TrainingRowsError(f"{path}: no training rows (expected JSONL rows with instruction, input, output)")
     return rows

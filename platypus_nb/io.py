@@ -95,11 +95,20 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises ValueError naming the file and the 1-based line number."""
-    rows = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of each non-blank line of a JSONL file (``.gz`` too).
+
+    Lines are decoded one by one so that every error (not UTF-8, not JSON, not an object) is a ValueError naming
+    the file and the real 1-based line number, blank lines counted.
+    """
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); expected UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -108,8 +117,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a bad line raises ValueError naming the file and the 1-based line number."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 @contextlib.contextmanager

@@ -99,7 +99,8 @@ def test_failed_step_stops_the_run_naming_notebook_and_error(project):
     assert "02_second" not in manifest["steps"]
 
 
-def test_step_killed_midway_is_not_taken_as_finished(project):
+def start_a_run_that_sleeps_in_step_01(project) -> subprocess.Popen:
+    """A ``run_pipeline`` in another process (its own session, to kill with the kernel), inside step 01."""
     tmp, nbs, cfg = project
     make_notebook(nbs / "01_first.ipynb", 'import time\n(stage.out_dir / "started").touch()\ntime.sleep(120)\n')
     code = ("from platypus_nb.runner import run_pipeline; from pathlib import Path; "
@@ -110,6 +111,12 @@ def test_step_killed_midway_is_not_taken_as_finished(project):
     while not started.exists() and time.time() < deadline:
         time.sleep(0.2)
     assert started.exists()
+    return proc
+
+
+def test_step_killed_midway_is_not_taken_as_finished(project):
+    tmp, nbs, cfg = project
+    proc = start_a_run_that_sleeps_in_step_01(project)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     manifest = json.loads((tmp / "runs" / "t" / "manifest.json").read_text())
@@ -125,13 +132,6 @@ def test_unknown_step_lists_known_ones(project):
     _, nbs, _ = project
     with pytest.raises(RunnerError, match="unknown step '07' .*01_first, 02_second"):
         select_steps(discover_steps(nbs), ["07"])
-
-
-def wait_for(path, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert path.exists(), path
 
 
 # ------------------------------------------------------------------------------------------------ lineage
@@ -204,12 +204,8 @@ def test_a_step_that_does_not_write_its_declared_outputs_fails(project):
 
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(project):
     tmp, nbs, cfg = project
-    make_notebook(nbs / "01_first.ipynb", 'import time\n(stage.out_dir / "started").touch()\ntime.sleep(120)\n')
-    code = ("from platypus_nb.runner import run_pipeline; from pathlib import Path; "
-            f"run_pipeline({str(cfg)!r}, notebooks_dir=Path({str(nbs)!r}), progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    proc = start_a_run_that_sleeps_in_step_01(project)
     try:
-        wait_for(tmp / "runs" / "t" / "01_first" / "started")
         with pytest.raises(RunnerError, match=rf"run folder .*runs/t is in use by another platypus-nb run \(pid "
                                               rf"{proc.pid} on host {socket.gethostname()}, started 20"):
             run_pipeline(cfg, notebooks_dir=nbs, progress=False)
