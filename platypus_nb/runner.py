@@ -187,6 +187,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         except OSError:
             pass  # the lock is what matters; naming the holder is a courtesy (a read-only lock file keeps its text)
         yield
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a finished run names no holder; after a kill the next holder overwrites at once
     finally:
         os.close(fd)
 
@@ -213,8 +215,9 @@ def load_manifest(run_dir: Path, force: bool = False) -> dict[str, Any]:
         return {"steps": {}}
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("steps", {}), dict):
-            raise ValueError("expected an object with a 'steps' object")
+        steps = manifest.get("steps", {}) if isinstance(manifest, dict) else None
+        if not isinstance(steps, dict) or not all(isinstance(r, dict) for r in steps.values()):
+            raise ValueError("expected an object whose 'steps' maps each step to an object")
         return manifest
     except (ValueError, UnicodeDecodeError) as e:
         aside = path.with_name(f"manifest.json.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
@@ -243,6 +246,16 @@ def _save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 def step_key(step: Step, cfg: Config, inputs: dict[str, Any], code: str) -> str:
     return _sha256_json({"notebook": sha256_file(step.notebook), "config": cfg.to_dict(), "inputs": inputs,
                          "code": code})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: config keys as users write them in ``-p`` overrides."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
 
 
 def changed_output(stage_dir: Path, recorded: dict[str, dict[str, Any]], verify: bool = False) -> Optional[str]:
@@ -320,8 +333,23 @@ class _Lineage:
             if self.stale(self.by_stem[read.stage]) is not None:
                 return f"{read.stage}, whose outputs it reads, is not current"
         if record.get("key") != self.key(step):
-            return "the config, code, notebook or inputs changed since it ran"
+            return self._what_changed(step, record)
         return changed_output(self.stage_dir(step), record.get("outputs", {}), self.verify)
+
+    def _what_changed(self, step: Step, record: dict[str, Any]) -> str:
+        """The first of config keys, inputs, notebook and package code that differs from the step's record."""
+        before, now = _flatten(record.get("config", {})), _flatten(self.cfg.to_dict())
+        keys = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+        if record.get("config") is not None and keys:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys[:3])
+            return f"its config changed ({shown}{', ...' if len(keys) > 3 else ''})"
+        if record.get("inputs") is not None and record["inputs"] != self.inputs(step):
+            return "the files it reads changed"
+        if record.get("notebook_sha256") not in (None, sha256_file(step.notebook)):
+            return f"its notebook {step.notebook.name} changed"
+        if record.get("code") not in (None, self.code):
+            return "the platypus_nb source changed"
+        return "the config, code, notebook or inputs changed since it ran"
 
     def completed(self, step: Step) -> None:
         self.ran.add(step.stem)
@@ -399,6 +427,7 @@ def _execute_step(step: Step, lineage: _Lineage, manifest: dict[str, Any], param
     run_dir, stage_dir = lineage.run_dir, lineage.stage_dir(step)
     executed = run_dir / "notebooks" / step.notebook.name
     record = {"status": "running", "key": lineage.key(step), "inputs": lineage.inputs(step),
+              "config": lineage.cfg.to_dict(), "code": lineage.code, "notebook_sha256": sha256_file(step.notebook),
               "notebook": str(step.notebook.relative_to(PROJECT_ROOT))
               if step.notebook.is_relative_to(PROJECT_ROOT) else str(step.notebook),
               "executed_notebook": str(executed), "parameters": parameters, "started": _now()}

@@ -163,8 +163,8 @@ def test_a_step_never_runs_on_the_outputs_of_a_stale_step_and_records_its_input_
 def test_a_config_change_alone_makes_the_upstream_stale(project):
     tmp, nbs, cfg = project
     run_pipeline(cfg, notebooks_dir=nbs, progress=False, steps=["01"])
-    with pytest.raises(RunnerError, match="02_second reads the outputs of 01_first.*config, code, notebook or inputs "
-                                          "changed"):
+    with pytest.raises(RunnerError, match=r"02_second reads the outputs of 01_first, which is not completed under the "
+                                          r"current config \(its config changed \(run.seed: 42 -> 7\)\)"):
         run_pipeline(cfg, notebooks_dir=nbs, progress=False, overrides=["run.seed=7"], steps=["02"])
 
 
