@@ -7,7 +7,7 @@ original ``data_pipeline/*_format.py`` scripts did), ``filters`` (keywords, inco
 
     build = start_build(cfg)                      # load + format every source (or load the release)
     build = apply_keyword_filter(build, cfg)
-    build = drop_incomplete_rows(build)
+    build = drop_incomplete_rows(build, cfg)
     build = remove_exact_duplicates(build, cfg)
     build = remove_near_duplicates(build, cfg)
     write_outputs(build, cfg, out_dir)

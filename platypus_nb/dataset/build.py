@@ -57,7 +57,8 @@ def load_sources(cfg: Config) -> dict[str, list[Any]]:
 def format_sources(raw: dict[str, list[Any]], cfg: Config) -> DatasetBuild:
     """Every source through its formatter, in the configured order (PRM800K feeds MATH's solutions)."""
     options = formats.FormatOptions(seed=cfg.run.seed, on_bad_row=cfg.dataset.on_bad_row,
-                                    math_unwrap_boxed=cfg.dataset.math_unwrap_boxed)
+                                    math_unwrap_boxed=cfg.dataset.math_unwrap_boxed,
+                                    theoremqa_theorem=cfg.dataset.theoremqa_theorem)
     prm, removed = None, []
     if "prm800k" in raw:
         prm, removed = formats.prm800k_solutions(raw["prm800k"], options)
@@ -96,18 +97,19 @@ def apply_keyword_filter(build: DatasetBuild, cfg: Config) -> DatasetBuild:
     return build.step("keyword_filter", *filters.keyword_filter(build.rows, keywords))
 
 
-def drop_incomplete_rows(build: DatasetBuild) -> DatasetBuild:
+def drop_incomplete_rows(build: DatasetBuild, cfg: Config) -> DatasetBuild:
+    """Rows without an instruction or output go (only None, or blank strings too: ``incomplete_as_original``)."""
     if build.from_release:
         return build
-    return build.step("incomplete", *filters.drop_incomplete(build.rows))
+    return build.step("incomplete", *filters.drop_incomplete(build.rows, cfg.dataset.incomplete_as_original))
 
 
 def remove_exact_duplicates(build: DatasetBuild, cfg: Config) -> DatasetBuild:
-    """Put the rows in the configured order (sources, or seeded shuffle), then one row per (instruction, input)."""
+    """Put the rows in the configured order (sources, or seeded shuffle), then one row per instruction and input."""
     if build.from_release:
         return build
     ordered = filters.order_rows(build.rows, cfg.dataset.order, cfg.run.seed)
-    return build.step("exact_dedup", *filters.exact_dedup(ordered))
+    return build.step("exact_dedup", *filters.exact_dedup(ordered, cfg.dataset.exact_dedup_key_as_original))
 
 
 def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[EmbeddingCache] = None,
@@ -142,7 +144,7 @@ def build_dataset(cfg: Config, cache: Optional[EmbeddingCache] = None, progress:
     """Every step in order: what the notebook does, in one call."""
     build = start_build(cfg)
     build = apply_keyword_filter(build, cfg)
-    build = drop_incomplete_rows(build)
+    build = drop_incomplete_rows(build, cfg)
     build = remove_exact_duplicates(build, cfg)
     return remove_near_duplicates(build, cfg, cache=cache, progress=progress)
 
