@@ -365,16 +365,18 @@ def pairs_at_the_threshold(threshold, n_pairs=100, dim=384, seed=5):
 
 
 @pytest.mark.parametrize("threshold", [0.7, 0.8])
-@pytest.mark.parametrize("block_size", [1, 1024])
-def test_pairs_at_the_threshold_are_decided_as_the_original_loop_decides_them_exactly(threshold, block_size):
+@pytest.mark.parametrize("block_size, backend", [(1, "numpy"), (1024, "numpy"), pytest.param(1, "faiss", marks=(
+    pytest.mark.skipif(not dedup.faiss_available(), reason="faiss-cpu is not installed")))])
+def test_pairs_at_the_threshold_are_decided_as_the_original_loop_decides_them_exactly(threshold, block_size, backend):
     emb = pairs_at_the_threshold(threshold)
     # The original loop on float64 copies: sklearn's cosine in float64, compared with the float threshold.
     reference = dedup.greedy_near_duplicates_original(emb.astype(np.float64), threshold)
     exact = dedup.exact_cosine(emb[0::2], emb[1::2]).diagonal()
     assert 0 < (exact > threshold).sum() < len(exact)  # both sides of the threshold occur
-    np.testing.assert_array_equal(dedup.greedy_near_duplicates(emb, threshold, block_size).kept_indices, reference)
+    result = dedup.greedy_near_duplicates(emb, threshold, block_size, backend)
+    np.testing.assert_array_equal(result.kept_indices, reference)
     # Deciding these pairs in float32 alone (block_size 1: queries x kept; 1024: in-block) gets some wrong.
-    float32_only = dedup.greedy_near_duplicates(emb, threshold, block_size, exact_margin=0.0)
+    float32_only = dedup.greedy_near_duplicates(emb, threshold, block_size, backend, exact_margin=0.0)
     assert not np.array_equal(float32_only.kept_indices, reference)
 
 
