@@ -40,6 +40,8 @@ class DatasetBuild:
     # Filled by remove_near_duplicates: the vectors of the rows it compared, and the greedy result over them.
     embeddings: Optional[np.ndarray] = None
     near: Optional[dedup.NearDuplicates] = None
+    # The source of each row the near-duplicate pass compared, aligned with ``embeddings``.
+    compared_sources: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
     def step(self, name: str, kept: list[dict[str, Any]], removed: list[dict[str, Any]], **changes: Any):
@@ -137,7 +139,8 @@ def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[Emb
     stats = dict(build.stats, texts=len(texts), texts_embedded=to_embed, embed_seconds=round(embed_seconds, 3),
                  dedup_backend=backend, dedup_seconds=round(dedup_seconds, 3),
                  dedup_threshold=cfg.dataset.dedup_threshold)
-    return build.step("near_dedup", kept, removed, embeddings=embeddings, near=near, stats=stats)
+    return build.step("near_dedup", kept, removed, embeddings=embeddings, near=near, stats=stats,
+                      compared_sources=[row["source"] for row in build.rows])
 
 
 def build_dataset(cfg: Config, cache: Optional[EmbeddingCache] = None, progress: bool = True) -> DatasetBuild:
@@ -261,6 +264,7 @@ def build_summary(build: DatasetBuild, cfg: Config, sha256: str) -> dict[str, An
             "rows_per_source": dict(Counter(r["source"] for r in build.rows)), "removed": len(build.removed), "from_release": build.from_release,
             "release_revision": cfg.dataset.release_revision if build.from_release else None,
             "sources": list(build.loaded), "dedup_threshold": cfg.dataset.dedup_threshold,
+            "source_revision": cfg.dataset.source_revision, "theoremqa_theorem": cfg.dataset.theoremqa_theorem,
             "order": cfg.dataset.order, "seed": cfg.run.seed, "embedding_model": cfg.embeddings.model,
             "open_platypus_sha256": sha256, "stats": build.stats}
 
@@ -268,6 +272,10 @@ def build_summary(build: DatasetBuild, cfg: Config, sha256: str) -> dict[str, An
 def dataset_card(build: DatasetBuild, cfg: Config, table: pd.DataFrame, summary: dict[str, Any]) -> str:
     """A README.md next to the data: what it is, where each part came from, its licences, what was removed."""
     d = cfg.dataset
+    revision = "the ones the 2023 build read" if d.source_revision == "paper_2023" else "edited since the 2023 build"
+    incomplete = "only None dropped, as the original" if d.incomplete_as_original else "None and blank strings dropped"
+    exact_key = ('the original\'s string f"{instruction}-{input}"' if d.exact_dedup_key_as_original
+                 else "the (instruction, input) pair")
     lines = ["# Open-Platypus (platypus-nb build)", ""]
     if build.from_release:
         lines += [f"The released `garage-bAInd/Open-Platypus` at revision `{d.release_revision}`, unchanged "
@@ -282,7 +290,15 @@ def dataset_card(build: DatasetBuild, cfg: Config, table: pd.DataFrame, summary:
             "duplicates of (instruction, input) removed keeping the longest output; near-duplicates removed with "
             f"all-MiniLM-L6-v2 (`{cfg.embeddings.model}`): a row is kept when its cosine similarity to every row "
             f"kept before it is at or below **{d.dedup_threshold}** (the card says \"above 80%\" was removed; the "
-            f"original notebook's code used 0.7). Row order: `{d.order}` (seed {cfg.run.seed}).", ""]
+            f"original notebook's code used 0.7). Row order: `{d.order}` (seed {cfg.run.seed}).", "",
+            f"Inputs: SciBench and TheoremQA at their `{d.source_revision}` revisions ({revision}); TheoremQA "
+            f"instructions end with the theorem's {d.theoremqa_theorem}. Incomplete rows: {incomplete}; exact "
+            f"duplicates keyed on {exact_key}. platypus-nb's docs/dataset.md lists each departure from the original "
+            "and the key that decides it.", ""]
+    if "openbookqa" in build.loaded:
+        lines += ["OpenBookQA departs from the original: these are the 500 validation rows with an empty input; the "
+                  "original read train, test and validation of the `additional` configuration with `fact1` as input.",
+                  ""]
     lines += ["## Composition", "", "| source | data_source | licence | loaded | kept |", "|---|---|---|---:|---:|"]
     for _, r in table.iterrows():
         if r["source"] == "total":
