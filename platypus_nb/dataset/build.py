@@ -1,9 +1,9 @@
 """Rebuilding Open-Platypus step by step, and writing what each step kept and removed.
 
-The steps follow the original pipeline (``data_pipeline/`` at dc90c1a): format every source, keep STEM/logic
-questions by keyword where the original did, drop rows without an instruction or output, remove exact duplicates
-keeping the longest output, then near-duplicates with all-MiniLM-L6-v2. A :class:`DatasetBuild` carries the rows
-and every removal so far; each step returns a new one, so a notebook can show the dataset after every step.
+The steps follow the original pipeline (``data_pipeline/`` at dc90c1a; docs/dataset.md): format every source, keep
+STEM/logic questions by keyword where the original did, drop rows without an instruction or output, remove exact
+duplicates keeping the longest output, then near-duplicates with all-MiniLM-L6-v2. A :class:`DatasetBuild` carries
+the rows and every removal so far; each step returns a new one, so a notebook can show the dataset after every step.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ only with kept rows (a row removed as a duplicate removes nothing else). It call
 with everything kept before it in one matrix product (or one FAISS inner-product search), then the greedy rule
 is resolved inside the block, where only rows with an in-block conflict need a Python step. Memory is
 O(n x block), never n x n. :func:`greedy_near_duplicates_original` is the original loop, kept as the reference the
-tests and the benchmark compare against.
+tests and the benchmark compare against. docs/dataset.md ("Filters and deduplication") records the facts.
 
 Similarities are computed in float32 (the embeddings' dtype). float32 rounding moves a 384-dimensional similarity
 by up to about 1e-6, and in an order that depends on the BLAS routine, so a pair that close to the threshold could

@@ -1,6 +1,7 @@
 """The filters between formatting and near-duplicate removal: keywords, incomplete rows, exact duplicates.
 
 Each takes rows and returns ``(kept rows, removals)``; nothing is mutated, so a notebook can show every step.
+What the original did at each, and the keys that depart from it: docs/dataset.md ("Filters and deduplication").
 """
 
 from __future__ import annotations

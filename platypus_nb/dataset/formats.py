@@ -1,9 +1,10 @@
 """One formatter per source: the source's real schema to ``{instruction, input, output}``, as the original did.
 
 Each follows the matching script of the original repository (``data_pipeline/*_format.py`` at dc90c1a); the facts
-carried over are cited in the docstrings. A record that does not fit its source's schema raises
-:class:`~platypus_nb.dataset.rows.BadRowError` naming the field and what was expected; the source's own selection
-rules (ScienceQA's skills, tigerbot's "python", PRM800K's solved-and-answered samples) drop records with a reason.
+carried over are written down in docs/dataset.md ("What each original formatter does") and cited in the
+docstrings. A record that does not fit its source's schema raises :class:`~platypus_nb.dataset.rows.BadRowError`
+naming the field and what was expected; the source's own selection rules (ScienceQA's skills, tigerbot's
+"python", PRM800K's solved-and-answered samples) drop records with a reason.
 """
 
 from __future__ import annotations
