@@ -493,6 +493,7 @@ def test_a_build_of_all_sources_writes_consistent_outputs(tmp_path):
     assert int(table["prm800k"]["after_format"]) == 2  # two PRM800K solutions went into MATH rows
     card = paths["README.md"].read_text()
     assert "CC BY-NC-SA 4.0" in card and "at or below **0.8**" in card
+    assert "at their `paper_2023` revisions" in card and "with `fact1` as input" in card  # OpenBookQA's departure
     assert json.loads(paths["summary.json"].read_text())["rows"] == len(training)
     again = dataset.remove_near_duplicates(build, cfg, progress=False)
     assert again.stats["texts_embedded"] == 0  # every text is in the cache now
@@ -512,3 +513,18 @@ def test_the_notebook_builds_the_tiny_dataset(tmp_path):
         "01_dataset_composition.png", "01_dataset_lengths.png", "01_near_duplicate_similarity.png"]
     composition = {r["source"]: r for r in csv.DictReader((out / "composition.csv").open())}
     assert int(composition["total"]["loaded"]) == 60
+
+
+def test_the_before_and_after_comparison_builds_both_and_counts_per_source():
+    cfg = cfg_with(sources=["scibench", "theoremqa"], max_rows_per_source=12)
+    before_cfg = dataset.before_config(cfg)
+    assert (before_cfg.dataset.source_revision, before_cfg.dataset.theoremqa_theorem) == ("current", "name")
+    assert not before_cfg.dataset.incomplete_as_original and not before_cfg.dataset.exact_dedup_key_as_original
+    after = dataset.build_dataset(cfg, progress=False)
+    table = dataset.revision_comparison(cfg, after).set_index("source")
+    assert list(table.index) == ["scibench", "theoremqa", "total"]
+    assert table.loc["theoremqa", "loaded_after"] == table.loc["theoremqa", "loaded_before"] == 12
+    assert table.loc["theoremqa", "kept_after"] == len([r for r in after.rows if r["source"] == "theoremqa"])
+    for side in ("before", "after"):
+        assert table.loc["total", f"kept_{side}"] == table.loc[["scibench", "theoremqa"], f"kept_{side}"].sum()
+        assert (table[f"kept_at_0.7_{side}"] <= table[f"exact_dedup_{side}"]).all()
