@@ -261,7 +261,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def build_summary(build: DatasetBuild, cfg: Config, sha256: str) -> dict[str, Any]:
     return {"rows": len(build.rows), "rows_per_data_source": dict(Counter(r["data_source"] for r in build.rows)),
-            "rows_per_source": dict(Counter(r["source"] for r in build.rows)), "removed": len(build.removed), "from_release": build.from_release,
+            "rows_per_source": dict(Counter(r["source"] for r in build.rows)), "removed": len(build.removed),
+            "from_release": build.from_release,
             "release_revision": cfg.dataset.release_revision if build.from_release else None,
             "sources": list(build.loaded), "dedup_threshold": cfg.dataset.dedup_threshold,
             "source_revision": cfg.dataset.source_revision, "theoremqa_theorem": cfg.dataset.theoremqa_theorem,

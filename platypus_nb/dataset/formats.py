@@ -83,9 +83,10 @@ def _letter(i: int) -> str:
 def format_theoremqa(record: Any, theorem: str = "definition") -> tuple[str, str, str]:
     """theoremqa_format.py: ``"{Question}\\nRelevant Theorem: {theorem_def}"`` -> the bare Answer.
 
-    ``theorem_def`` is the definition the loader joined by theorem name (docs/dataset.md, "TheoremQA's theorem definitions");
-    ``theorem="name"`` puts the theorem's name there instead (``dataset.theoremqa_theorem``). The answer is written
-    as the Hub CSV holds it: Python's ``str`` of the JSON value (``11760``, ``0.5``, ``True``, ``[1, 2]``).
+    ``theorem_def`` is the definition the loader joined by theorem name (docs/dataset.md, "TheoremQA's theorem
+    definitions"); ``theorem="name"`` puts the theorem's name there instead (``dataset.theoremqa_theorem``). The
+    answer is written as the Hub CSV holds it: Python's ``str`` of the JSON value (``11760``, ``0.5``, ``True``,
+    ``[1, 2]``).
     """
     question = get(record, "Question", str)
     text = get(record, "theorem_def" if theorem == "definition" else "theorem", str)
