@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from platypus_nb.config import Config
 from platypus_nb.io import atomic_write_json
 from platypus_nb.merge.combine import combine_adapters
-from platypus_nb.merge.lora import merge_lora_into, read_lora_adapter
+from platypus_nb.merge.adapter import read_lora_adapter
+from platypus_nb.merge.lora import merge_lora_into
 from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, local_model_dir
 
 MODELS_JSON = "models.json"
