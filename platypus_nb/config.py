@@ -88,6 +88,14 @@ class DatasetConfig:
     source_files: dict[str, str] = field(default_factory=dict)
     # Cap per source on the rows loaded (the first N; None: all rows). The tiny config keeps a few hundred in all.
     max_rows_per_source: Optional[int] = None
+    # Upstream revision of the two sources edited since the 2023 build (docs/dataset.md, "Source revisions"):
+    # "paper_2023" reads what the build read (SciBench 8dffce4 of 2023-07-21, TheoremQA test 123e36b of 2023-07-26),
+    # "current" the later ones (SciBench's 2024 revision, TheoremQA test abbae72 of 2024-04-06). Step 02 reads the
+    # TheoremQA test set of the same revision.
+    source_revision: Literal["paper_2023", "current"] = "paper_2023"
+    # What follows "Relevant Theorem:" in a TheoremQA instruction: "definition" as theoremqa_format.py (the Hub CSV's
+    # theorem_def, joined by theorem name from data/theoremqa_all_theorems.json.gz), or "name" (the theorem's name).
+    theoremqa_theorem: Literal["definition", "name"] = "definition"
     # MATH splits: the original concatenated train and test (update_MATH.py L81). Train is Hub-only; test is in data/.
     math_splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train", "test"])
     # The original unwrapped \boxed{x} to x in every MATH solution with a greedy one-line regex (update_MATH.py L110).
@@ -97,6 +105,12 @@ class DatasetConfig:
     # The original keyword list fused "calculation" and "science" into "calculationscience" (missing comma);
     # False splits them back into two keywords.
     keyword_list_as_original: bool = True
+    # merged_largest_keep.py dropped only rows whose instruction or output is None and kept empty strings (ARB's
+    # MCAT formatter gives an empty output for a one-sentence solution); False also drops empty or blank strings.
+    incomplete_as_original: bool = True
+    # merged_largest_keep.py keyed exact duplicates on the string f"{instruction}-{input}", which merges
+    # ("a-b", "") with ("a", "b-") and an input None with "None"; False keys on the (instruction, input) pair.
+    exact_dedup_key_as_original: bool = True
     # Near-duplicates: an item is kept when its cosine similarity to every item kept before it is <= threshold.
     # The card says "similarity above 80%" was removed; the original notebook's code keeps items <= 0.7.
     dedup_threshold: float = 0.8
