@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -176,6 +177,9 @@ def test_the_real_stages_declare_reads_of_earlier_notebooks_only():
     for stem, contract in STAGES.items():
         assert all(read.stage in stems and read.stage < stem for read in contract.reads), stem
     assert {r.stage for r in STAGES["03_finetune"].reads} == {"02_contamination_analysis"}
+    for step in discover_steps():  # what each notebook asks for, read from its cells, is declared
+        asked = set(re.findall(r'output_of\(\\?"(\w+)\\?"\)', step.notebook.read_text()))
+        assert asked <= {r.stage for r in STAGES[step.stem].reads}, step.stem
 
 
 def test_a_notebook_reading_an_undeclared_stage_is_refused(tmp_path):
