@@ -37,7 +37,8 @@ class _Invalid(ValueError):
         self.key, self.quote = key, quote and not key
 
 
-def _check(expected: str, ok: Callable[[Any], bool]) -> AfterValidator:
+def _check(expected: str, ok: Callable[[Any], Any]) -> AfterValidator:
+    """A validator that accepts a value when ``ok(value)`` is truthy; ``expected`` says what a valid one is."""
     def check(value: Any) -> Any:
         if not ok(value):
             raise _Invalid(expected)
@@ -83,7 +84,7 @@ def _distinct(what: str) -> AfterValidator:
     return _check(f"a non-empty list of {what} without repeats", lambda v: len(v) > 0 and len(set(v)) == len(v))
 
 
-def section(cls: type) -> type:
+def _section(cls: type) -> type:
     """A dataclass whose unknown keys and non-finite numbers are errors; defaults are checked too (a partner
     without a name)."""
     return with_config(ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True))(dataclass(cls))
@@ -117,7 +118,7 @@ LEADERBOARD_SHOTS = dict(zip(EVAL_TASKS, (25, 10, 5, 0), strict=True))
 # --------------------------------------------------------------------------------------------- sections
 # Defaults are the paper's; where the paper, the cards and the original code disagree, docs/config.md gives the facts
 # and says which source each default follows.
-@section
+@_section
 class RunConfig:
     name: PlainName = "tiny"
     seed: Int = 42
@@ -125,7 +126,7 @@ class RunConfig:
     figures_dir: Str = "figures"
 
 
-@section
+@_section
 class ModelConfig:
     # "smollm2-135m" is the offline default; anything else is a Hub id or a local folder for from_pretrained.
     base: Str = "smollm2-135m"
@@ -134,14 +135,14 @@ class ModelConfig:
     dtype: DType = "auto"
 
 
-@section
+@_section
 class EmbeddingsConfig:
     model: Str = "all-MiniLM-L6-v2"  # the paper's, for dedup and contamination analysis
     batch_size: PositiveInt = 64
     block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
 
 
-@section
+@_section
 class DatasetConfig:
     # Built in this order, which with order "source" decides which near-duplicate survives (the first seen).
     sources: Annotated[list[SourceName], _distinct("sources")] = field(default_factory=lambda: list(PAPER_SOURCES))
@@ -170,7 +171,7 @@ class DatasetConfig:
         return self
 
 
-@section
+@_section
 class EvalSetConfig:
     """A further evaluation set to check the training data against: any JSONL (or .jsonl.gz) with a text field."""
 
@@ -182,7 +183,7 @@ class EvalSetConfig:
     answer_field: Optional[Str] = None  # the correct answer (for the answer-agreement rule); null: unknown
 
 
-@section
+@_section
 class ContaminationConfig:
     benchmarks: list[TestSetName] = field(default_factory=lambda: list(LEADERBOARD_TEST_SETS))
     # Flag (training row, test item) pairs at or above this cosine; below ~0.5 nearly every MiniLM pair matches.
@@ -224,7 +225,7 @@ class ContaminationConfig:
         return self
 
 
-@section
+@_section
 class FinetuneConfig:
     """Step 03: the original README's recipe (13B column), and what ``finetune.py`` really did where it differs."""
 
@@ -273,7 +274,7 @@ class FinetuneConfig:
         return self
 
 
-@section
+@_section
 class PartnerConfig:
     """A merge partner, a fine-tune of the same base: ``model`` (a Hub id or folder of a full fine-tune, the paper's
     partners) or ``build_data`` (a stand-in built here by a short LoRA fine-tune of the base on vendored data)."""
@@ -306,7 +307,7 @@ class PartnerConfig:
         return self.merge_name or f"{self.name}-platypus"
 
 
-@section
+@_section
 class MergeConfig:
     partners: list[PartnerConfig] = field(default_factory=list)
     # "linear", the paper's: W + (alpha/r) B A into each partner. The others combine the Platypus adapter with a
@@ -334,7 +335,7 @@ class MergeConfig:
         return self
 
 
-@section
+@_section
 class EvaluateConfig:
     tasks: Annotated[list[EvalTask], _distinct("tasks")] = field(default_factory=lambda: list(EVAL_TASKS))
     num_fewshot: dict[EvalTask, NonNegativeInt] = field(default_factory=lambda: dict(LEADERBOARD_SHOTS))
@@ -355,7 +356,7 @@ class EvaluateConfig:
         return self
 
 
-@section
+@_section
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from platypus_nb.config import ConfigError, load_config, parse_overrides
+from platypus_nb.config import ConfigError, from_dict, load_config, parse_overrides
 
 
 def write(tmp_path, text: str):
@@ -169,3 +169,26 @@ def test_yaml_scientific_strings_are_read_as_numbers(tmp_path):
     # PyYAML reads "1e-4" (no dot) as a string under YAML 1.1; it means a number.
     cfg = load_config(write(tmp_path, "finetune:\n  learning_rate: 1e-4\n  max_grad_norm: 2E+0\n"))
     assert cfg.finetune.learning_rate == pytest.approx(1e-4) and cfg.finetune.max_grad_norm == 2.0
+
+
+def test_registries_built_in_the_config_order_pair_each_name_with_its_own_entry():
+    # The stage registries take their names, positionally, from the config's lists: a reordered list must not
+    # hand a source another source's facts (data_source tags from the dataset card's Data-Provenance IDs).
+    from platypus_nb.dataset.sources import SOURCE_INFO
+    from platypus_nb.evaluate import TASKS
+
+    assert {name: info.data_source for name, info in SOURCE_INFO.items()} == {
+        "prm800k": "MATH/PRM-800K", "math": "MATH/PRM-800K", "scienceqa": "scienceqa", "scibench": "scibench",
+        "reclor": "reclor", "theoremqa": "theoremqa", "leetcode": "leetcode_ne", "airoboros": "airoboros",
+        "tigerbot": "tigerbot-kaggle", "arb": "ARB", "guanaco": "guanaco", "openbookqa": "openbookqa", "sciq": "sciq"}
+    assert all(info.name == name for name, info in SOURCE_INFO.items())
+    assert SOURCE_INFO["math"].origin.startswith("MATH train") and SOURCE_INFO["prm800k"].origin.startswith("openai")
+    assert {name: spec.label for name, spec in TASKS.items()} == {
+        "arc_challenge": "ARC", "hellaswag": "HellaSwag", "mmlu": "MMLU", "truthfulqa_mc2": "TruthfulQA"}
+
+
+def test_a_resolved_config_round_trips_through_plain_data():
+    cfg = load_config("platypus2-70b")
+    again = from_dict(cfg.to_dict(), source="round trip")
+    assert again == cfg and again.to_dict() == cfg.to_dict() and again.source == "round trip"
+    assert again.merge.partners[0].merged_name == "camel-platypus2-70b"
