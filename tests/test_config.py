@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 
 import pytest
+from pydantic import Strict
 
-from platypus_nb.config import ConfigError, from_dict, load_config, parse_overrides
+from platypus_nb.config import Config, ConfigError, from_dict, load_config, parse_overrides
 
 
 def write(tmp_path, text: str):
@@ -192,3 +195,27 @@ def test_a_resolved_config_round_trips_through_plain_data():
     again = from_dict(cfg.to_dict(), source="round trip")
     assert again == cfg and again.to_dict() == cfg.to_dict() and again.source == "round trip"
     assert again.merge.partners[0].merged_name == "camel-platypus2-70b"
+
+
+def _loose_keys(tp, key: str):
+    """Keys whose scalar type is not strict (pydantic would coerce "3" or true into an int there)."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        for f in dataclasses.fields(tp):
+            if f.init:
+                yield from _loose_keys(hints[f.name], f"{key}{f.name}.")
+    elif typing.get_origin(tp) is typing.Annotated and typing.get_args(tp)[0] in (int, str, bool, float):
+        if not any(isinstance(m, Strict) for m in typing.get_args(tp)[1:]):
+            yield key.rstrip(".")
+    elif tp in (int, str, bool, float):
+        yield key.rstrip(".")
+    elif typing.get_origin(tp) is typing.Annotated:
+        yield from _loose_keys(typing.get_args(tp)[0], key)
+    else:
+        for arg in typing.get_args(tp):
+            yield from _loose_keys(arg, key)
+
+
+def test_every_scalar_key_is_strict():
+    # A key added as plain int / str / bool / float would accept `true` for 1 or "3" for 3: use Int, Str, Bool, Number.
+    assert sorted(set(_loose_keys(Config, ""))) == []
