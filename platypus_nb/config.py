@@ -199,8 +199,8 @@ class ContaminationConfig:
     duplicate_similarity: UnitNumber = 0.95
     duplicate_overlap: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5
     gray_area: Literal["remove", "keep"] = "remove"
-    # Human decisions (train_hash, test_id, category) that override suggested categories on the next run.
-    review_file: Str = "data/contamination_review.csv"
+    # Human decisions (train_hash, test_id, category) that override suggested categories; a typo must not drop them.
+    review_file: ExistingFile = "data/contamination_review.csv"
     # Evaluation splits in the training data on purpose: flagged, removed only with remove_eval_split_leaks.
     eval_splits: list[TestSetName] = field(default_factory=lambda: list(EVAL_SPLIT_TEST_SETS))
     eval_split_sources: list[Str] = field(default_factory=lambda: ["theoremqa", "openbookqa", "sciq"])  # data_source

@@ -50,6 +50,8 @@ def test_unknown_section(tmp_path):
     ("dataset:\n  dedup_threshold: -0.1\n", r"dataset\.dedup_threshold: expected a number in \[0, 1\]"),
     ("finetune:\n  precision: int4\n", r"finetune\.precision: expected one of"),
     ("finetune:\n  global_batch_size: 10\n  micro_batch_size: 4\n", r"finetune\.global_batch_size: expected a multiple"),
+    ("contamination:\n  review_file: data/contamination_reveiw.csv\n",
+     r"contamination\.review_file: expected an existing file, but .*contamination_reveiw\.csv does not exist"),
     ("contamination:\n  extra_eval_sets: [{name: x, path: no/such/file.jsonl}]\n",
      r"extra_eval_sets\[0\]\.path: expected an existing file"),
     ("run:\n  seed: true\n", r"run\.seed: expected int, got bool"),
