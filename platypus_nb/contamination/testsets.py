@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import TEST_SETS, EvalSetConfig, resolve_path
+from platypus_nb.dataset.sources import theoremqa_test_records
 from platypus_nb.io import open_text, read_jsonl, sha256_text
 
 
@@ -150,11 +151,10 @@ def _math_test() -> list[TestItem]:
     return items
 
 
-def _theoremqa_test() -> list[TestItem]:
-    with open_text(data_file("theoremqa_test.json.gz")) as f:
-        rows = json.load(f)
+def _theoremqa_test(source_revision: str = "paper_2023") -> list[TestItem]:
+    # The revision step 01 trained on (dataset.source_revision), read by step 01's own loader.
     return [TestItem("theoremqa_test", f"theoremqa_test:{row['id']}", row["Question"], str(row["Answer"]))
-            for row in rows]
+            for row in theoremqa_test_records(source_revision)]
 
 
 # In the order of config.TEST_SETS, which owns the names.
@@ -162,11 +162,14 @@ TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = dict(zip(TEST_SETS, 
     _arc_challenge, _hellaswag, _mmlu, _truthfulqa, _math_test, _theoremqa_test), strict=True))
 
 
-def load_test_set(name: str, max_items: Optional[int] = None) -> list[TestItem]:
-    """One vendored test set, in file order (the first ``max_items`` if given)."""
+def load_test_set(name: str, max_items: Optional[int] = None, source_revision: str = "paper_2023") -> list[TestItem]:
+    """One vendored test set, in file order (the first ``max_items`` if given).
+
+    ``source_revision`` (``dataset.source_revision``) picks TheoremQA's revision; the other sets have one.
+    """
     if name not in TEST_SET_LOADERS:
         raise ValueError(f"unknown test set {name!r} (known test sets: {', '.join(TEST_SET_LOADERS)})")
-    items = TEST_SET_LOADERS[name]()
+    items = _theoremqa_test(source_revision) if name == "theoremqa_test" else TEST_SET_LOADERS[name]()
     return items[:max_items] if max_items else items
 
 
@@ -192,11 +195,12 @@ def load_eval_set(spec: EvalSetConfig, max_items: Optional[int] = None) -> list[
 
 
 def load_test_items(benchmarks: Sequence[str], eval_splits: Sequence[str] = (),
-                    extra_eval_sets: Sequence[EvalSetConfig] = (), max_items: Optional[int] = None) -> list[TestItem]:
+                    extra_eval_sets: Sequence[EvalSetConfig] = (), max_items: Optional[int] = None,
+                    source_revision: str = "paper_2023") -> list[TestItem]:
     """Every test item compared, set after set: benchmarks, then evaluation splits, then the user's sets."""
     items: list[TestItem] = []
     for name in [*benchmarks, *eval_splits]:
-        items.extend(load_test_set(name, max_items))
+        items.extend(load_test_set(name, max_items, source_revision))
     for spec in extra_eval_sets:
         items.extend(load_eval_set(spec, max_items))
     return items

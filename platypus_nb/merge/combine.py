@@ -21,7 +21,9 @@ import torch
 
 from platypus_nb.config import COMBINATION_METHODS
 from platypus_nb.io import atomic_directory, atomic_write_json
-from platypus_nb.merge.lora import MergeInputError, adapter_files, folder_hashes
+from platypus_nb.merge.adapter import adapter_files
+from platypus_nb.merge.errors import MergeInputError
+from platypus_nb.merge.safetensors_files import folder_hashes
 
 COMBINE_CONFIG = "combine_config.json"
 

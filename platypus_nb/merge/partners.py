@@ -25,7 +25,9 @@ from typing import Any, Callable, Optional
 from platypus_nb.assets import data_file, resolve_model
 from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
 from platypus_nb.io import atomic_directory, atomic_write_json, read_jsonl, sha256_text, write_jsonl
-from platypus_nb.merge.lora import MergeInputError, folder_hashes, merge_lora_into, weight_shards
+from platypus_nb.merge.errors import MergeInputError
+from platypus_nb.merge.lora import merge_lora_into
+from platypus_nb.merge.safetensors_files import folder_hashes, weight_shards
 from platypus_nb.paths import cache_dir
 
 PARTNER_RECORD = "partner.json"
