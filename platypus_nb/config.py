@@ -149,24 +149,20 @@ class DatasetConfig:
     # Local copies of sources in their real schema (JSON, JSONL, CSV, parquet), used instead of the Hub.
     source_files: dict[SourceName, ExistingFile] = field(default_factory=dict)
     max_rows_per_source: Optional[PositiveInt] = None  # the first N rows of each source; null: all
-    # Upstream revision of the two sources edited since the 2023 build (docs/dataset.md, "Source revisions"):
-    # "paper_2023" reads what the build read (SciBench 8dffce4 of 2023-07-21, TheoremQA test 123e36b of 2023-07-26),
-    # "current" the later ones (SciBench's 2024 revision, TheoremQA test abbae72 of 2024-04-06). Step 02 reads the
-    # TheoremQA test set of the same revision.
+    # SciBench and TheoremQA as the 2023 build read them, or their later revisions (docs/dataset.md, "Source
+    # revisions"); step 02 reads the TheoremQA test set of the same revision.
     source_revision: Literal["paper_2023", "current"] = "paper_2023"
-    # What follows "Relevant Theorem:" in a TheoremQA instruction: "definition" as theoremqa_format.py (the Hub CSV's
-    # theorem_def, joined by theorem name from data/theoremqa_all_theorems.json.gz), or "name" (the theorem's name).
+    # What follows "Relevant Theorem:" in a TheoremQA instruction: the definition, as theoremqa_format.py, or the name.
     theoremqa_theorem: Literal["definition", "name"] = "definition"
     math_splits: Annotated[list[Literal["train", "test"]], _distinct("splits")] = \
         field(default_factory=lambda: ["train", "test"])
     math_unwrap_boxed: Bool = True
     keyword_filter: Bool = True  # the original's keyword selection for airoboros, ReClor and guanaco
     keyword_list_as_original: Bool = True
-    # merged_largest_keep.py dropped only rows whose instruction or output is None and kept empty strings (ARB's
-    # MCAT formatter gives an empty output for a one-sentence solution); False also drops empty or blank strings.
+    # merged_largest_keep.py's rules (docs/dataset.md, "Filters and deduplication"): only rows with a None
+    # instruction or output dropped (false: blank ones too); exact duplicates keyed on the string
+    # f"{instruction}-{input}" (false: on the (instruction, input) pair).
     incomplete_as_original: Bool = True
-    # merged_largest_keep.py keyed exact duplicates on the string f"{instruction}-{input}", which merges
-    # ("a-b", "") with ("a", "b-") and an input None with "None"; False keys on the (instruction, input) pair.
     exact_dedup_key_as_original: Bool = True
     dedup_threshold: UnitNumber = 0.8  # keep an item whose cosine to every item kept before is <= this
     dedup_backend: Literal["auto", "numpy", "faiss"] = "auto"  # auto: FAISS from faiss_min_rows rows up
