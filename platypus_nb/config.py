@@ -444,6 +444,7 @@ def parse_overrides(overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted key set; sections the file leaves out are created."""
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
@@ -497,6 +498,6 @@ def _section_at(loc: list[Any]) -> type:
     for part in loc:
         if isinstance(part, str):
             cls = typing.get_type_hints(cls)[part]
-        while typing.get_origin(cls) in (list, typing.Union, Annotated):
+        while typing.get_origin(cls) in (list, typing.Union):
             cls = typing.get_args(cls)[0]
     return cls
