@@ -149,15 +149,9 @@ def _theoremqa_test(source_revision: str = "paper_2023") -> list[TestItem]:
             for row in theoremqa_test_records(source_revision)]
 
 
-TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = {
-    "arc_challenge": _arc_challenge,
-    "hellaswag": _hellaswag,
-    "mmlu": _mmlu,
-    "truthfulqa": _truthfulqa,
-    "math_test": _math_test,
-    "theoremqa_test": _theoremqa_test,
-}
-assert tuple(TEST_SET_LOADERS) == TEST_SETS
+# In the order of config.TEST_SETS, which owns the names.
+TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = dict(zip(TEST_SETS, (
+    _arc_challenge, _hellaswag, _mmlu, _truthfulqa, _math_test, _theoremqa_test), strict=True))
 
 
 def load_test_set(name: str, max_items: Optional[int] = None, source_revision: str = "paper_2023") -> list[TestItem]:

@@ -41,31 +41,28 @@ class SourceInfo:
     offline: bool
 
 
-SOURCE_INFO: dict[str, SourceInfo] = {s.name: s for s in [
-    SourceInfo("prm800k", "MATH/PRM-800K", "MIT",
-               "openai/prm800k phase1+2 train+test JSONL on GitHub (convert_prm.py)", False),
-    SourceInfo("math", "MATH/PRM-800K", "MIT",
-               "MATH train (Hub: EleutherAI/hendrycks_math) + test (data/math_test.jsonl.gz) (update_MATH.py)", False),
-    SourceInfo("scienceqa", "scienceqa", "CC BY-NC-SA 4.0", "Hub: metaeval/ScienceQA_text_only, train", False),
-    SourceInfo("scibench", "scibench", "MIT", "data/scibench_2023-07-21/ (mandyyyyii/scibench dataset/original at "
-               "8dffce4; source_revision current: data/scibench/, 2024)", True),
-    SourceInfo("reclor", "reclor", "Non-commercial", "Hub: metaeval/reclor, train", False),
-    SourceInfo("theoremqa", "theoremqa", "MIT", "data/theoremqa_test_2023-07-26.json.gz + theorem definitions from "
-               "data/theoremqa_all_theorems.json.gz (the Hub's wenhu/TheoremQA test.csv; source_revision current: "
-               "data/theoremqa_test.json.gz)", True),
-    SourceInfo("leetcode", "leetcode_ne", "None listed", "Hub: nuprl/leetcode-solutions-python-testgen-gpt4, train",
-               False),
-    SourceInfo("airoboros", "airoboros", "other (Data Provenance: CC BY-NC 4.0 + OpenAI terms)",
-               "Hub: jondurbin/airoboros-gpt4-1.4.1, instructions.jsonl", False),
-    SourceInfo("tigerbot", "tigerbot-kaggle", "apache-2.0",
-               "Hub: TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k, train", False),
-    SourceInfo("arb", "ARB", "CC BY 4.0", "ARB API https://arb.duckai.org/api/lib (duckai_format.py)", False),
-    SourceInfo("guanaco", "guanaco", "apache-2.0", "Hub: timdettmers/openassistant-guanaco, train+test", False),
-    SourceInfo("openbookqa", "openbookqa", "apache-2.0", "data/openbookqa_validation.jsonl.gz (validation only, "
-               "no fact1; the original read train+test+validation of the 'additional' config)", True),
-    SourceInfo("sciq", "sciq", "CC BY-NC 3.0", "data/sciq_validation.jsonl.gz", True),
-]}
-assert tuple(SOURCE_INFO) == DATASET_SOURCES
+# (data_source, licence, origin, offline) in the order of config.DATASET_SOURCES, which owns the names.
+SOURCE_INFO: dict[str, SourceInfo] = {name: SourceInfo(name, *facts) for name, facts in zip(DATASET_SOURCES, [
+    ("MATH/PRM-800K", "MIT", "openai/prm800k phase1+2 train+test JSONL on GitHub (convert_prm.py)", False),
+    ("MATH/PRM-800K", "MIT",
+     "MATH train (Hub: EleutherAI/hendrycks_math) + test (data/math_test.jsonl.gz) (update_MATH.py)", False),
+    ("scienceqa", "CC BY-NC-SA 4.0", "Hub: metaeval/ScienceQA_text_only, train", False),
+    ("scibench", "MIT", "data/scibench_2023-07-21/ (mandyyyyii/scibench dataset/original at 8dffce4; "
+     "source_revision current: data/scibench/, 2024)", True),
+    ("reclor", "Non-commercial", "Hub: metaeval/reclor, train", False),
+    ("theoremqa", "MIT", "data/theoremqa_test_2023-07-26.json.gz + theorem definitions from "
+     "data/theoremqa_all_theorems.json.gz (the Hub's wenhu/TheoremQA test.csv; source_revision current: "
+     "data/theoremqa_test.json.gz)", True),
+    ("leetcode_ne", "None listed", "Hub: nuprl/leetcode-solutions-python-testgen-gpt4, train", False),
+    ("airoboros", "other (Data Provenance: CC BY-NC 4.0 + OpenAI terms)",
+     "Hub: jondurbin/airoboros-gpt4-1.4.1, instructions.jsonl", False),
+    ("tigerbot-kaggle", "apache-2.0", "Hub: TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k, train", False),
+    ("ARB", "CC BY 4.0", "ARB API https://arb.duckai.org/api/lib (duckai_format.py)", False),
+    ("guanaco", "apache-2.0", "Hub: timdettmers/openassistant-guanaco, train+test", False),
+    ("openbookqa", "apache-2.0", "data/openbookqa_validation.jsonl.gz (validation only, no fact1; the original "
+     "read train+test+validation of the 'additional' config)", True),
+    ("sciq", "CC BY-NC 3.0", "data/sciq_validation.jsonl.gz", True),
+], strict=True)}
 
 OFFLINE_SOURCES = "math (test split), scibench, theoremqa, openbookqa, sciq"
 
@@ -282,21 +279,21 @@ def _vendored_source(name: str, rel: str) -> Callable[[DatasetConfig], list[dict
     return load
 
 
-_LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = {
-    "prm800k": _load_prm800k,
-    "math": _load_math,
-    "scienceqa": _hub_source("scienceqa", "metaeval/ScienceQA_text_only"),
-    "scibench": _load_scibench,
-    "reclor": _hub_source("reclor", "metaeval/reclor"),
+# In the order of config.DATASET_SOURCES.
+_LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = dict(zip(DATASET_SOURCES, (
+    _load_prm800k,
+    _load_math,
+    _hub_source("scienceqa", "metaeval/ScienceQA_text_only"),
+    _load_scibench,
+    _hub_source("reclor", "metaeval/reclor"),
     # The original read wenhu/TheoremQA test.csv from the Hub; data/ holds the same test split from the authors'
     # repository and the definitions that CSV joined onto it.
-    "theoremqa": _load_theoremqa,
-    "leetcode": _hub_source("leetcode", "nuprl/leetcode-solutions-python-testgen-gpt4"),
-    "airoboros": _hub_source("airoboros", "jondurbin/airoboros-gpt4-1.4.1", data_files="instructions.jsonl"),
-    "tigerbot": _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
-    "arb": _load_arb,
-    "guanaco": _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
-    "openbookqa": _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
-    "sciq": _vendored_source("sciq", "sciq_validation.jsonl.gz"),
-}
-assert tuple(_LOADERS) == DATASET_SOURCES
+    _load_theoremqa,
+    _hub_source("leetcode", "nuprl/leetcode-solutions-python-testgen-gpt4"),
+    _hub_source("airoboros", "jondurbin/airoboros-gpt4-1.4.1", data_files="instructions.jsonl"),
+    _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
+    _load_arb,
+    _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
+    _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
+    _vendored_source("sciq", "sciq_validation.jsonl.gz"),
+), strict=True))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from platypus_nb.assets import data_file, resolve_model
-from platypus_nb.config import FinetuneConfig, PartnerConfig
+from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
 from platypus_nb.io import (atomic_directory, atomic_write_json, changed_file, read_jsonl, sha256_file, sha256_text,
                             write_jsonl)
 from platypus_nb.merge.errors import MergeInputError
@@ -86,13 +86,9 @@ def _mmlu_medical_rows(seed: int) -> list[dict[str, str]]:
             for r in read_jsonl(data_file("mmlu_validation.jsonl.gz")) if r["subject"] in MEDICAL_SUBJECTS]
 
 
-# Names accepted in a partner's build_data (the config's Literal lists the same names).
-PARTNER_DATA: dict[str, Callable[[int], list[dict[str, str]]]] = {
-    "arc_easy": _arc_easy_rows,
-    "openbookqa": _openbookqa_rows,
-    "sciq": _sciq_rows,
-    "mmlu_medical": _mmlu_medical_rows,
-}
+# A partner's build_data sources, in the order of config.PARTNER_DATA_NAMES, which owns the names.
+PARTNER_DATA: dict[str, Callable[[int], list[dict[str, str]]]] = dict(zip(PARTNER_DATA_NAMES, (
+    _arc_easy_rows, _openbookqa_rows, _sciq_rows, _mmlu_medical_rows), strict=True))
 
 
 def partner_training_rows(spec: PartnerConfig, seed: int) -> list[dict[str, str]]:
