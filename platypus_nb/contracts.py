@@ -87,12 +87,15 @@ def missing_outputs(stem: str, out_dir: Path, contracts: Mapping[str, StageContr
 
 # ---------------------------------------------------------------------------------------------- training rows
 
-# The row schema of every training-rows file: key -> (required, what is expected). Other keys are kept as they are.
-TRAINING_ROW_KEYS: dict[str, tuple[bool, str]] = {
-    "instruction": (True, "a non-empty string"),
-    "input": (False, "a string or null"),
-    "output": (True, "a non-empty string"),
-    "data_source": (False, "a string or null"),
+# The row schema of every training-rows file: key -> (required, may be blank, what is expected). Other keys are kept
+# as they are. An output may be empty because the original build kept such rows (ARB's MCAT formatter strips a
+# one-sentence solution to nothing; docs/dataset.md) and trained them with EOS as the only target; step 01 keeps them
+# with dataset.incomplete_as_original, so steps 02 and 03 must read them too.
+TRAINING_ROW_KEYS: dict[str, tuple[bool, bool, str]] = {
+    "instruction": (True, False, "a non-empty string"),
+    "input": (False, True, "a string or null"),
+    "output": (True, True, "a string"),
+    "data_source": (False, True, "a string or null"),
 }
 
 
@@ -104,7 +107,7 @@ def training_row_problem(row: Any) -> Optional[str]:
     """What is wrong with one training row under :data:`TRAINING_ROW_KEYS`, or None."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    for key, (required, expected) in TRAINING_ROW_KEYS.items():
+    for key, (required, may_be_blank, expected) in TRAINING_ROW_KEYS.items():
         value = row.get(key)
         if key not in row:
             if required:
@@ -114,7 +117,7 @@ def training_row_problem(row: Any) -> Optional[str]:
             continue
         if not isinstance(value, str):
             return f"{key!r} must be a string, got {type(value).__name__} {str(value)[:60]!r}"
-        if required and not value.strip():
+        if not may_be_blank and not value.strip():
             return f"{key!r} is empty: expected {expected}"
     return None
 

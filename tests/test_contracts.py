@@ -30,8 +30,8 @@ def both_readers(path):
     ([GOOD, b"\n", b'{"instruction": "caf\xe9", "output": "x"}\n'],
      r"train.jsonl: line 3: not valid UTF-8 \(byte 0xe9 at column 21\); expected UTF-8 text"),
     ([GOOD, b"\n", b"\n", b'{"instruction": "a", "output": 3}\n'], r"train.jsonl: line 4: 'output' must be a string"),
-    ([GOOD, b'{"instruction": "a", "input": "b", "output": " "}\n'],
-     r"train.jsonl: line 2: 'output' is empty: expected a non-empty string"),
+    ([GOOD, b'{"instruction": " ", "input": "b", "output": "c"}\n'],
+     r"train.jsonl: line 2: 'instruction' is empty: expected a non-empty string"),
     ([b"\n", b'{"instruction": "a", "input": "x"}\n'], r"train.jsonl: line 2: missing key 'output'"),
     ([GOOD, b'{"instruction": "a", "output": "b", "data_source": 7}\n'], r"line 2: 'data_source' must be a string"),
     ([b"\n\n"], r"train.jsonl: no training rows"),
@@ -49,8 +49,10 @@ def test_good_rows_read_the_same_from_plain_and_gzip_files_and_lists(tmp_path):
         f.write(plain.read_bytes())
     rows = load_training_rows(plain)
     assert rows == load_train_rows(packed) == load_train_rows(rows) and rows[1]["input"] is None
-    with pytest.raises(TrainingDataError, match="train_rows: row 2: 'output' is empty"):
-        load_train_rows([rows[0], {**rows[0], "output": ""}])
+    # An empty output is a row the original build kept (ARB's MCAT solutions) and trained on EOS: both steps read it.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(GOOD + b"\n" + GOOD.replace(b'"output": "', b'"output": "" , "was": "'))
+    assert load_training_rows(empty)[1]["output"] == "" == load_train_rows(empty)[1]["output"]
 
 
 # --------------------------------------------------------------------------------------------------- figures
