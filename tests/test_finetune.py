@@ -305,8 +305,8 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(math_rows, tiny_
               f"{str(tiny_llama_dir)!r}, {str(out)!r}, 3, max_steps={STEPS})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:  # the Trainer starts writing step 4's checkpoint in its working folder
-        while not (out / "trainer" / "checkpoint-4").exists() and proc.poll() is None:
+    try:  # while the Trainer writes step 4's checkpoint in its working folder (or just after it is committed)
+        while proc.poll() is None and not any((out / d / "checkpoint-4").exists() for d in ("trainer", "checkpoints")):
             time.sleep(0.005)
     finally:
         os.kill(proc.pid, signal.SIGKILL)

@@ -1,9 +1,6 @@
-"""Training rows to batches: validation, the original tokenization and masking, the step plan, packing.
-
-Tokenization follows the original ``finetune.py`` (docs/training.md, "Tokenization"): the full prompt is cut at
-``cutoff_len``, EOS appended when it fits, the prompt's tokens masked with ``train_on_inputs: false``. Each example
-keeps its labels *shifted* (``shift_labels[i]`` is what position ``i`` predicts), so examples can be concatenated into
-one padding-free row without any position learning to predict the next example's first token.
+"""Training rows to batches: the original tokenization and masking (docs/training.md, "What finetune.py actually
+did"), the step plan, packing. Labels are kept *shifted* (``shift_labels[i]`` is what position ``i`` predicts), so
+examples can be concatenated into one row without any position learning to predict the next example's first token.
 
 Which examples make each optimizer step is fixed once, from the seed (:func:`plan_steps`); :func:`step_batches`
 splits every step the same way whatever the number of processes, and :class:`PackingCollator` turns each forward's

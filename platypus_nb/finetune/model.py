@@ -1,17 +1,9 @@
-"""The base model at the configured precision, with the Platypus LoRA adapter on top.
+"""The base model at the configured precision (``finetune.precision``), with the Platypus LoRA adapter on top.
 
-Precisions (``finetune.precision``):
-
-| precision | base weights | compute | where it comes from |
-|---|---|---|---|
-| ``fp32`` | fp32 | fp32 | the tiny CPU default |
-| ``bf16`` | bf16 | bf16 autocast | the README's advice for Llama-2-7B; the natural A100 choice |
-| ``fp16`` | fp16 | fp16 autocast + loss scaling | |
-| ``int8`` | LLM.int8 (bitsandbytes), rest fp16 | fp16 autocast | what the original ``finetune.py`` ran |
-| ``nf4`` | 4-bit NF4, double quantisation | ``bnb_4bit_compute_dtype`` | QLoRA |
-
-Without CUDA every 16-bit dtype becomes fp32 (a CPU without bf16/fp16 units runs them far slower); the 4- and 8-bit
-bitsandbytes layers run on CPU as they are. What was actually used is recorded in ``train_args.json``.
+``fp32`` (the tiny CPU default); ``bf16`` / ``fp16`` with autocast; ``int8``, what the original ran: LLM.int8 base,
+fp16 autocast; ``nf4``: QLoRA, 4-bit NF4 with double quantisation, ``bnb_4bit_compute_dtype`` compute. Without
+CUDA every 16-bit dtype becomes fp32 (a CPU without bf16/fp16 units runs them far slower); the 4- and 8-bit
+bitsandbytes layers run on CPU as they are. What was used is recorded in ``train_args.json``.
 """
 
 from __future__ import annotations
@@ -150,15 +142,11 @@ def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, 
 
 
 def training_flops_per_token(config: Any, lora_params: int, mean_context: float) -> float:
-    """Model FLOPs of one trained token for LoRA on a frozen base (the MFU numerator), PaLM-style accounting.
-
-    Forward: 2 per weight of the decoder's linear layers. Backward: another 2 per weight for the input gradients
-    (frozen weights need no weight gradient) plus 4 per LoRA weight. Attention scores and values: 12 x layers x
-    hidden x context (forward + backward), where ``mean_context`` is the token-weighted mean length of the examples
-    (sum of squared lengths / sum of lengths): a token attends within its own example only. The LM head (tied or not) is
-    counted for target tokens only, separately, by :func:`lm_head_flops_per_target`. Gradient checkpointing's
-    recomputation is not model work and is not counted.
-    """
+    """Model FLOPs of one trained token for LoRA on a frozen base (the MFU numerator), PaLM-style: 2 per decoder
+    weight forward, 2 more for the input gradients (frozen weights need no weight gradient), 4 more per LoRA weight,
+    and 12 x layers x hidden x context for attention, ``mean_context`` being the token-weighted mean example length
+    (a token attends within its example). The LM head counts for target tokens only (:func:`lm_head_flops_per_target`);
+    gradient checkpointing's recomputation is not model work."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or h // heads
