@@ -122,12 +122,13 @@ def test_step_plan_is_seeded_and_split_across_processes(math_rows, tokenizer):
     plan = plan_steps(len(examples), 8, 4, seed=7)
     assert plan == plan_steps(len(examples), 8, 4, seed=7) != plan_steps(len(examples), 8, 4, seed=8)
     assert sorted(i for step in plan[:len(examples) // 4] for i in step) == list(range(len(examples)))  # epoch 1
-    lengths = [len(e["input_ids"]) for e in planned_examples(examples, plan, "example")]
-    two = [step_batches(lengths, dataclasses.replace(RECIPE, world_size=2), rank, 2) for rank in range(2)]
+    items = planned_examples(examples, plan, "example")
+    lengths = [len(e["input_ids"]) for e in items]
+    two = [step_batches(items, dataclasses.replace(RECIPE, world_size=2), rank, 2) for rank in range(2)]
     # Each process: one forward of its 2 examples per step (global 4 / micro 2 / 2 processes), every example once.
     assert len(two[0]) == len(two[1]) == 8 and sorted(j for b in two[0] + two[1] for j in b) == list(range(32))
     assert all(len(b) == 2 for b in two[0] + two[1])
-    one = step_batches(lengths, dataclasses.replace(RECIPE, micro_batch_size=1), 0, 1)
+    one = step_batches(items, dataclasses.replace(RECIPE, micro_batch_size=1), 0, 1)
     assert len(one) == 8 * 4  # 4 forwards a step, the unused ones (packing fills fewer) empty and first
     for step in range(8):
         forwards = one[4 * step:4 * step + 4]

@@ -34,7 +34,7 @@ def train_own_loop(rows: list[dict], cfg: FinetuneConfig, base_model: str, steps
     examples, _ = tokenize_rows(rows, tokenizer, cfg)
     plan = plan_steps(len(examples), count_steps(len(examples), cfg, steps), cfg.global_batch_size, seed)
     dataset = planned_examples(examples, plan, cfg.loss_weighting)
-    forwards = step_batches([len(e["input_ids"]) for e in dataset], cfg, 0, 1)
+    forwards = step_batches(dataset, cfg, 0, 1)
     per_step = len(forwards) // len(plan)
     collate = PackingCollator(cfg.packing, tokenizer.pad_token_id)
     model = load_lora_model(base_model, cfg, resolve_precision(cfg, cuda), device, seed).to(device)

@@ -114,7 +114,7 @@ def plan_steps(n_examples: int, n_steps: int, global_batch_size: int, seed: int)
 def planned_examples(examples: Sequence[dict], plan: list[list[int]], loss_weighting: str) -> list[dict[str, Any]]:
     """The plan laid out flat, the Trainer's dataset: item ``j`` is the example at position ``j % G`` of step
     ``j // G`` with its loss weight, which depends on the step's other examples (see :func:`loss_weights`)."""
-    return [{**examples[i], "weight": w} for step in plan
+    return [{**examples[i], "example": i, "weight": w} for step in plan
             for i, w in zip(step, loss_weights([n_targets(examples[i]) for i in step], loss_weighting))]
 
 
@@ -130,7 +130,7 @@ def loss_weights(targets_per_example: list[int], loss_weighting: str) -> list[fl
     return [1.0 / sum(targets_per_example)] * len(targets_per_example)
 
 
-def step_batches(lengths: Sequence[int], cfg: FinetuneConfig, rank: int, world_size: int) -> list[list[int]]:
+def step_batches(items: Sequence[dict], cfg: FinetuneConfig, rank: int, world_size: int) -> list[list[int]]:
     """This process's forwards, step after step: the Trainer's batch sampler over :func:`planned_examples`.
 
     Every step yields the original's gradient accumulation count of lists (global batch / micro-batch / processes),
@@ -140,9 +140,10 @@ def step_batches(lengths: Sequence[int], cfg: FinetuneConfig, rank: int, world_s
     ``micro_batch_size`` examples per forward.
     """
     g, per_forward = cfg.global_batch_size, cfg.micro_batch_size
+    lengths = [len(item["input_ids"]) for item in items]
     batches: list[list[int]] = []
-    for start in range(0, len(lengths), g):
-        share = sorted(range(start, start + g), key=lambda j: (-lengths[j], j))[rank::world_size]
+    for start in range(0, len(items), g):  # ties by example, so that the order is the examples', not the plan's
+        share = sorted(range(start, start + g), key=lambda j: (-lengths[j], items[j]["example"]))[rank::world_size]
         if cfg.packing:
             forwards = _first_fit_decreasing(share, lengths, per_forward * cfg.cutoff_len)
             batches += [[]] * (g // per_forward // world_size - len(forwards)) + forwards

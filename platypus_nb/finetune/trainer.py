@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.finetune.checkpoints import CHECKPOINTS, commit, list_checkpoints
@@ -106,8 +106,8 @@ class RecipeTrainer(Trainer):
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         objective = (ce * weights).sum()
         tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_ids"].numel()
-        self.sums += torch.stack([objective.detach(), ce.detach().sum(), torch.tensor(ce.numel()),
-                                  torch.as_tensor(tokens)]).to(self.sums)
+        self.sums += torch.stack([objective.detach(), ce.detach().sum(), torch.tensor(ce.numel(), device=ce.device),
+                                  torch.as_tensor(tokens, device=ce.device)]).to(self.sums)
         loss = objective * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, outputs) if return_outputs else loss
 
@@ -152,9 +152,10 @@ class CommitCheckpoints(TrainerCallback):
         PartialState().wait_for_everyone()
 
 
-def training_arguments(cfg: FinetuneConfig, out_dir: Path, seed: int, n_steps: int, mixed_precision: str) -> Any:
-    from transformers import TrainingArguments
-
+def training_arguments(cfg: FinetuneConfig, out_dir: Path, seed: int, n_steps: int,
+                       mixed_precision: str) -> TrainingArguments:
+    """The recipe as Trainer arguments: the original's optimiser and schedule, a log every step (as the original's
+    ``logging_steps=1``), checkpoints every ``save_steps``."""
     return TrainingArguments(
         output_dir=str(out_dir / WORK_DIR), max_steps=n_steps, per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.global_batch_size // cfg.micro_batch_size // cfg.world_size,
@@ -187,7 +188,7 @@ def run_training(job: TrainJob) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # original: pad_token_id = 0
     trainer = RecipeTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=PackingCollator(cfg.packing, pad_id),
-        batches=step_batches([len(e["input_ids"]) for e in dataset], cfg, args.process_index, args.world_size),
+        batches=step_batches(dataset, cfg, args.process_index, args.world_size),
         callbacks=[StopOnNonFinite(), CommitCheckpoints(out_dir / CHECKPOINTS, {
             "fingerprint": job.fingerprint, "resumed_from_steps": job.resumed_from_steps}, cfg.save_total_limit)])
     trainer.train(resume_from_checkpoint=job.resume_from)
