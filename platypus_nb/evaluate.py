@@ -62,13 +62,10 @@ class TaskSpec:
     label: str
 
 
-TASKS: dict[str, TaskSpec] = {
-    "arc_challenge": TaskSpec("acc_norm", "ARC"),
-    "hellaswag": TaskSpec("acc_norm", "HellaSwag"),
-    "mmlu": TaskSpec("acc", "MMLU"),
-    "truthfulqa_mc2": TaskSpec("acc", "TruthfulQA"),
-}
-assert tuple(TASKS) == EVAL_TASKS, "config.EVAL_TASKS and evaluate.TASKS must name the same tasks"
+# In the order of config.EVAL_TASKS, which owns the names.
+TASKS: dict[str, TaskSpec] = dict(zip(EVAL_TASKS, (
+    TaskSpec("acc_norm", "ARC"), TaskSpec("acc_norm", "HellaSwag"), TaskSpec("acc", "MMLU"),
+    TaskSpec("acc", "TruthfulQA")), strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ models
