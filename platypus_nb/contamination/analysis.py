@@ -21,7 +21,8 @@ from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreeme
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
-from platypus_nb.contamination.verifier import Pieces, common_words, recall_candidates, segment_similarity, verify
+from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, recall_candidates,
+                                                segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, write_jsonl
 
@@ -195,6 +196,10 @@ def summarize(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], flagged
         "reviewed_pairs": int(flagged["reviewed"].sum()),
         "review_rows_not_flagged_now": len(set(review) - seen_keys),
         "review_unknown_test_ids": unknown_review_items(review, items),
+        # the verifier is rules over evidence, no model: its version names the rules (docs/contamination.md)
+        "verifier": {"kind": cfg.verifier, "version": VERIFIER_VERSION if cfg.verifier != "none" else None,
+                     "model": None, "threshold": cfg.verifier_threshold, "recall_top_k": cfg.recall_top_k,
+                     "recall_floor": cfg.recall_floor},
     }
     if original_removed is not None:
         summary["original_rule"] = {"rows_removed": len(original_removed),

@@ -28,6 +28,7 @@ from platypus_nb.contamination.segments import chunks, question_stem
 from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
+# Names the rules and weights below; recorded in summary.json. Change it when they change.
 VERIFIER_VERSION = "evidence-1"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
