@@ -214,6 +214,19 @@ def evidence_score(segment_sim: float, overlap: float, options: float, agreement
             + W_ANSWER * (agreement == "same"))
 
 
+_FORMULA = re.compile(r"[⊃∨≡·~∧¬→↔=+^_<>]")
+
+
+def formulas_differ(train_text: str, test_text: str) -> bool:
+    """Whether a formula of the test text (a whitespace-separated token with a logic or math operator) is missing
+    from the training text: the same template with other formulas (MMLU formal logic) asks another question."""
+    def tokens(text: str) -> set[str]:
+        return {t.strip(".,;:?!\"'") for t in text.split()}
+
+    train = tokens(train_text)
+    return any(_FORMULA.search(t) and t not in train for t in tokens(test_text))
+
+
 # For a test item with a passage, how far a row must use its question stem's content words (``word_overlap``) to be
 # asking that question: below it the row shares the passage (MMLU asks several questions about one passage) but
 # not the question.
@@ -225,8 +238,8 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     """(word overlap with the best-matching test piece, options found, score, same question, question differs)
     for one pair.
 
-    The question differs when a name of the matched piece (the whole text, or the stem when the row asks the stem
-    alone) is missing from the row, or, for an item with a passage, when the row's own question (its stem) does not
+    The question differs when a name or a formula of the matched piece (the whole text, or the stem when the row
+    asks the stem alone) is missing from the row, or, for an item with a passage, when the row's own question (its stem) does not
     use the item's stem's words (``STEM_MIN_OVERLAP``). The same question needs a score at or above ``threshold``
     and no such difference."""
     stem = question_stem(item.text)
@@ -234,7 +247,8 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     of_stem = word_overlap(question_stem(_OPTION_LINE.sub("", train_text).strip()), stem) if stem != item.text \
         else whole
     piece = stem if of_stem > whole else item.text
-    differs = names_differ(train_text, piece, common) or (stem != item.text and of_stem < STEM_MIN_OVERLAP)
+    differs = (names_differ(train_text, piece, common) or formulas_differ(train_text, piece)
+               or (stem != item.text and of_stem < STEM_MIN_OVERLAP))
     options = options_found(train_text, item)
     score = evidence_score(segment_sim, max(whole, of_stem), options, agreement)
     return max(whole, of_stem), options, score, score >= threshold and not differs, differs
