@@ -20,12 +20,14 @@ replaces the suggestion on the next run. The rules, in order:
    quoted inside a row that is otherwise different (it covers less than half the row and the similarity is below
    the threshold): then similar but different (a common phrase such as "What is your favorite color?" inside a
    MATH word problem is not a copied item);
-3. the question visibly differs -> similar but different. Visible differences: a number of the test text is
+3. the question visibly differs -> similar but different. Visible differences (with the verifier also a missing
+   name or formula, or another question on the same passage: docs/contamination.md): a number of the test text is
    missing from the row (MATH-style templates with other numbers: "the sums 10, 18, 19, ..." against "the sums 16,
    19, 20, ..."), or, for a multiple-choice item, the training output names a wrong option and not the correct one;
 4. at least ``duplicate_overlap`` of the test text's n-grams occur in the row, or similarity >=
    ``duplicate_similarity`` -> duplicate;
-5. similarity >= ``threshold`` -> gray area;
+5. with the verifier (``contamination.verifier: evidence``, docs/contamination.md): verified the same question ->
+   gray area, otherwise similar but different; with ``verifier: none``: similarity >= ``threshold`` -> gray area;
 6. otherwise (a few n-grams shared, similarity below the threshold: the row shares some wording, such as a
    scenario two MMLU moral_scenarios items have in common, but not the question) -> similar but different.
 
