@@ -95,7 +95,7 @@ def run_ours(train_path: Path, cfg: Config, cache_root: Path, out_dir: Path) -> 
     cc, ec = cfg.contamination, cfg.embeddings
     rows = C.load_training_rows(train_path)
     items = C.load_test_items(cc.benchmarks, cc.eval_splits, cc.extra_eval_sets, cc.max_test_items)
-    train_texts, test_texts = [C.training_text(r) for r in rows], [i.text for i in items]
+    train_texts, test_texts = [C.question_text(r) for r in rows], [i.text for i in items]
     cache = EmbeddingCache(ec.model, root=cache_root)
     if cc.verifier == "none":  # the whole texts only, as before the verifier
         pieces = None

@@ -98,14 +98,14 @@ def run(args: argparse.Namespace) -> dict:
         firsts = {i.test_id for i in C.load_test_items(cfg.benchmarks, max_items=args.pool)}
         items = [i for i in items if i.test_id in named | firsts]
     t0 = time.perf_counter()
-    pieces = C.embed_pieces([C.training_text(r) for r in rows], items, "all-MiniLM-L6-v2", 16, cache,
+    pieces = C.embed_pieces([C.question_text(r) for r in rows], items, "all-MiniLM-L6-v2", 16, cache,
                             show_progress=False)
     t_embed = time.perf_counter() - t0
     t0 = time.perf_counter()
     table, flagged = D.evaluate(rows, items, pieces, cfg, off)
     t_eval = time.perf_counter() - t0
     # the verifier's own cost: flag_pairs with and without it on the same pairs, per pair verified
-    texts = [C.training_text(r) for r in rows]
+    texts = [C.question_text(r) for r in rows]
     semantic = C.semantic_pairs(pieces.train_whole, pieces.test_whole, cfg.threshold)
     lexical = C.lexical_pairs(texts, [i.text for i in items], cfg.ngram_n, cfg.lexical_min_words,
                               cfg.lexical_max_test_items)

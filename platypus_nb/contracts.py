@@ -99,6 +99,15 @@ TRAINING_ROW_KEYS: dict[str, tuple[bool, bool, str]] = {
 }
 
 
+def question_text(row: dict[str, Any]) -> str:
+    """The text of a training row that is embedded and compared (near-duplicate removal in 01, contamination in 02,
+    partner overlap in 04): the instruction, then a space and the input when there is one, as the original build's
+    similarity notebook joined them. One function, so that every stage embeds the same string and the embedding cache
+    serves them all."""
+    extra = row.get("input") or ""
+    return row["instruction"] + (" " + extra if extra else "")
+
+
 class TrainingRowsError(ValueError):
     """A training-rows file or list cannot be used; the message names the file, line (or row) and key."""
 

@@ -119,7 +119,7 @@ def planted(tmp_path_factory):
     items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, max_items=N_ITEMS)
     items += [i for i in C.load_test_set("truthfulqa") if i.text == "What is your favorite color?"]
     rows = C.load_training_rows(path)
-    train_texts = [C.training_text(r) for r in rows]
+    train_texts = [C.question_text(r) for r in rows]
     test_texts = [i.text for i in items]
     pieces = C.embed_pieces(train_texts, items, "all-MiniLM-L6-v2", 16, EmbeddingCache("all-MiniLM-L6-v2"),
                             show_progress=False)
@@ -146,7 +146,7 @@ def pairs_of(p: dict, kind: str) -> pd.DataFrame:
 def test_every_verbatim_copy_is_removed_even_a_second_copy_the_original_rule_keeps(planted):
     copies = planted["kinds"]["copy"]
     assert set(copies) <= planted["removed"]
-    twice = [i for i in copies if C.training_text(planted["rows"][i]) == planted["items"][0].text]
+    twice = [i for i in copies if C.question_text(planted["rows"][i]) == planted["items"][0].text]
     assert len(twice) == 2
     for i in twice:
         pair = planted["flagged"].query("train_index == @i and test_id == @ARC_ROTATION").iloc[0]
@@ -333,7 +333,7 @@ def test_null_input_and_data_source_read_as_empty(tmp_path):
     path = tmp_path / "train.jsonl"
     write_jsonl(path, [{"instruction": "Name a prime.", "input": None, "output": "2", "data_source": None}])
     row = C.load_training_rows(path)[0]
-    assert C.training_text(row) == "Name a prime."
+    assert C.question_text(row) == "Name a prime."
     assert data_source_of(row) == "(none)"
 
 
@@ -383,7 +383,7 @@ def test_an_extra_evaluation_set_is_checked_and_its_copies_removed(tmp_path):
     items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, cfg.extra_eval_sets)
     assert [i.test_id for i in items] == ["gsm8k:g1", "gsm8k:g2"] and items[0].answer == "72"
     rows = [_row("Solve: " + items[1].text, "She earned $10.", "airoboros"), _row("What is 2 + 2?", "4", "x")]
-    texts = [C.training_text(r) for r in rows]
+    texts = [C.question_text(r) for r in rows]
     emb_train = embed_texts(texts, show_progress=False)
     emb_test = embed_texts([i.text for i in items], show_progress=False)
     flagged = C.flag_pairs(rows, items, C.semantic_pairs(emb_train, emb_test, cfg.threshold),
@@ -473,7 +473,7 @@ def test_only_evaluation_split_rows_and_no_benchmark_match_still_draw_every_figu
     rows = [_row("State Fermat's little theorem.", "a^p = a mod p", "theoremqa"),
             _row("Name a colour of the sky.", "Blue.", "airoboros")]
     items = C.load_test_items(["truthfulqa"], max_items=3)
-    texts = [C.training_text(r) for r in rows]
+    texts = [C.question_text(r) for r in rows]
     train_emb = embed_texts(texts, show_progress=False)
     test_emb = embed_texts([i.text for i in items], show_progress=False)
     flagged = C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),

@@ -62,7 +62,7 @@ def test_the_window_cuts_the_question_off_long_history_items():
 
 
 def _run(rows: list[dict], items: list[C.TestItem], cfg) -> tuple[set[int], dict[int, set[str]]]:
-    texts = [C.training_text(r) for r in rows]
+    texts = [C.question_text(r) for r in rows]
     pieces = C.embed_pieces(texts, items, "all-MiniLM-L6-v2", 16, EmbeddingCache("all-MiniLM-L6-v2"),
                             show_progress=False)
     semantic = C.semantic_pairs(pieces.train_whole, pieces.test_whole, cfg.threshold)

@@ -22,11 +22,11 @@ from platypus_nb.contamination.segments import chunks, question_stem, window_cut
 from platypus_nb.contamination.verifier import (Pieces, embed_pieces, recall_candidates, test_pieces,
                                                 training_pieces)
 from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_test_items, load_test_set,
-                                                load_training_rows,
-                                                training_text, training_text_hash)
+                                                load_training_rows, training_text_hash)
+from platypus_nb.contracts import question_text
 
 __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "question_stem", "recall_candidates",
            "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
            "load_eval_set", "load_test_items", "load_test_set", "load_training_rows", "nearest_training_rows",
            "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows", "suggest_category", "summarize",
-           "training_text", "training_text_hash", "unknown_review_items", "window_cut", "write_outputs"]
+           "question_text", "training_text_hash", "unknown_review_items", "window_cut", "write_outputs"]

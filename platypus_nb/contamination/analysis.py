@@ -20,7 +20,8 @@ from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreeme
                                                   suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.segments import question_stem
-from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text, training_text_hash
+from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
+from platypus_nb.contracts import question_text
 from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, recall_candidates,
                                                 segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
@@ -88,7 +89,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
     records = []
     for p in pairs.itertuples(index=False):
         row, item = rows[p.train_index], items[p.test_index]
-        text = training_text(row)
+        text = question_text(row)
         agreement = answer_agreement(row["output"], item)
         differ = numbers_differ(text, item.text)
         if verifying:
@@ -120,7 +121,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
 def _record(train_index: int, row: dict[str, Any], benchmark: str, test_id: str, test_text: str, similarity: float,
             method: str, ngram_overlap: float, agreement: str, differ: bool, suggested: str) -> dict[str, Any]:
     return {"train_index": int(train_index), "benchmark": benchmark, "test_id": test_id,
-            "similarity": float(similarity), "method": method, "train_text": training_text(row),
+            "similarity": float(similarity), "method": method, "train_text": question_text(row),
             "test_text": test_text, "ngram_overlap": float(ngram_overlap), "answer_agreement": agreement,
             "numbers_differ": differ, "suggested_category": suggested, "data_source": data_source_of(row),
             "train_hash": training_text_hash(row)}

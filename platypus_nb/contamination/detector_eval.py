@@ -26,7 +26,8 @@ from platypus_nb.config import LEADERBOARD_TEST_SETS, ContaminationConfig
 from platypus_nb.contamination.analysis import flag_pairs, nearest_training_rows, semantic_pairs
 from platypus_nb.contamination.lexical import lexical_pairs
 from platypus_nb.contamination.segments import question_stem
-from platypus_nb.contamination.testsets import TestItem, load_test_set, training_text
+from platypus_nb.contamination.testsets import TestItem, load_test_set
+from platypus_nb.contracts import question_text
 from platypus_nb.contamination.verifier import Pieces, content_words, embed_pieces
 from platypus_nb.embeddings import EmbeddingCache
 from platypus_nb.io import read_jsonl
@@ -453,7 +454,7 @@ def evaluate(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cf
     """The paper's rule, step 02 with the verifier off, and step 02 as configured, on the evaluation rows against
     ``items`` (``pieces`` embeds both: rows first). Returns the score table and each step-02 variant's flagged
     pairs."""
-    texts = [training_text(r) for r in rows]
+    texts = [question_text(r) for r in rows]
     train_emb, test_emb = pieces.train_whole, pieces.test_whole
     semantic = semantic_pairs(train_emb, test_emb, cfg.threshold)
     lexical = lexical_pairs(texts, [i.text for i in items], cfg.ngram_n, cfg.lexical_min_words,
@@ -474,7 +475,7 @@ def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model
     (detector, measure)."""
     leaderboard = [it for it in items if it.test_set in LEADERBOARD_TEST_SETS]
     rows = load_eval_rows()
-    pieces = embed_pieces([training_text(r) for r in rows], leaderboard, model, batch_size, cache,
+    pieces = embed_pieces([question_text(r) for r in rows], leaderboard, model, batch_size, cache,
                           show_progress=False)
     table, _ = evaluate(rows, leaderboard, pieces, replace(cfg, review_file=None),
                         replace(cfg, review_file=None, verifier="none"))

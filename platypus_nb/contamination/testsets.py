@@ -21,8 +21,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import TEST_SETS, EvalSetConfig, resolve_path
+from platypus_nb.contracts import question_text, read_training_rows
 from platypus_nb.dataset.sources import theoremqa_test_records
-from platypus_nb.io import open_text, read_jsonl, sha256_text
+from platypus_nb.io import iter_jsonl, open_text, read_jsonl, sha256_text
 
 
 @dataclass(frozen=True)
@@ -38,49 +39,20 @@ class TestItem:
 # ------------------------------------------------------------------------------------------------ training rows
 
 
-def training_text(row: dict[str, Any]) -> str:
-    """The text compared with test items: instruction and input joined by a space, as the original notebook did."""
-    return f"{row['instruction']} {row.get('input') or ''}".strip()
-
-
 def training_text_hash(row: dict[str, Any]) -> str:
     """The key of a training row in the review file: stable when rows are reordered or their outputs change."""
-    return sha256_text(training_text(row))[:16]
+    return sha256_text(question_text(row))[:16]
 
 
 def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read the training JSONL, checking every row before any work starts (the schema and reader step 03 uses too,
     :mod:`platypus_nb.contracts`).
 
-    A row needs non-empty string ``instruction`` and ``output``; ``input`` and ``data_source`` are optional strings
-    (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises
-    ValueError naming the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps
-    every field.
+    The rule is :data:`platypus_nb.contracts.TRAINING_ROW_KEYS`; a missing or null data_source is reported as
+    ``"(none)"``. A bad row raises ValueError naming the file and its 1-based line number. Rows are returned
+    unchanged, so the clean file keeps every field.
     """
-    from platypus_nb.contracts import read_training_rows
-
     return read_training_rows(path)
-
-
-def _nonblank_line_numbers(path: Path) -> list[int]:
-    """Line numbers of the rows ``read_jsonl`` returns (it skips blank lines)."""
-    with open_text(path) as f:
-        return [i for i, line in enumerate(f, start=1) if line.strip()]
-
-
-def _training_row_problem(row: dict[str, Any]) -> Optional[str]:
-    for key, required in (("instruction", True), ("output", True), ("input", False), ("data_source", False)):
-        if key not in row:
-            if required:
-                return f"missing key {key!r} (a row needs instruction, output and optionally input, data_source)"
-            continue
-        if row[key] is None and not required:  # null input / data_source, as many datasets write them: empty
-            continue
-        if not isinstance(row[key], str):
-            return f"{key!r} must be a string, got {type(row[key]).__name__} {str(row[key])[:60]!r}"
-    if not row["instruction"].strip():
-        return "'instruction' is empty"
-    return None
 
 
 def data_source_of(row: dict[str, Any]) -> str:
@@ -168,9 +140,8 @@ def load_test_set(name: str, max_items: Optional[int] = None, source_revision: s
 def load_eval_set(spec: EvalSetConfig, max_items: Optional[int] = None) -> list[TestItem]:
     """A user's evaluation set: JSONL rows with a non-empty string in ``spec.text_field``; bad rows name their line."""
     path = resolve_path(spec.path)
-    rows = read_jsonl(path)
     items = []
-    for lineno, row in zip(_nonblank_line_numbers(path), rows):
+    for lineno, row in iter_jsonl(path):
         text = row.get(spec.text_field)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{path}: line {lineno}: expected a non-empty string in field {spec.text_field!r} "

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.config import Config
+from platypus_nb.contracts import question_text
 from platypus_nb.dataset import dedup, filters, formats, release, rows as rowlib
 from platypus_nb.dataset.sources import SOURCE_INFO, load_source_records
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, text_key
@@ -119,7 +120,7 @@ def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[Emb
     """Embed instruction (+ " " + input) with the configured model (cached) and run the greedy pass."""
     if build.from_release:
         return build
-    texts = [rowlib.dedup_text(r) for r in build.rows]
+    texts = [question_text(r) for r in build.rows]
     cache = cache if cache is not None else EmbeddingCache(cfg.embeddings.model)
     to_embed = len({t for t in texts if text_key(t) not in cache})
     started = time.perf_counter()

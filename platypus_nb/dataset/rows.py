@@ -36,10 +36,5 @@ def removal(row_id: str, source: str, step: str, reason: str, *, detail: str = "
             "similarity": similarity, "detail": detail, "instruction": preview[:200]}
 
 
-def dedup_text(row: dict[str, Any]) -> str:
-    """The text the original embedded: instruction, then a space and the input when there is one."""
-    return row["instruction"] + (" " + row["input"] if row["input"] != "" else "")
-
-
 def training_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in TRAINING_FIELDS}

@@ -15,15 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from platypus_nb.config import EmbeddingsConfig
+from platypus_nb.contracts import question_text
 from platypus_nb.embeddings import best_matches, embed_texts
 from platypus_nb.io import atomic_write_text, read_jsonl
 from platypus_nb.merge.partners import Partner
-
-
-def question_text(row: dict[str, Any]) -> str:
-    """The prompt side of an Alpaca-style row, which is what both dedup and contamination compare."""
-    extra = str(row.get("input") or "").strip()
-    return str(row["instruction"]).strip() + (f"\n\n{extra}" if extra else "")
 
 
 def _excerpt(text: str, limit: int = 160) -> str:
