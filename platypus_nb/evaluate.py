@@ -46,6 +46,8 @@ from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checke
 TEMPLATES_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 ROLES = ("base", "platypus", "partner", "merge")
 MODEL_KEYS = ("name", "path", "adapter", "role", "compare_to", "stands_in_for")
+# Per-question outcomes of a model: <out_dir>/<name>.samples.jsonl, beside <name>.json.
+SAMPLES_SUFFIX = ".samples.jsonl"
 # A model's name becomes a file name: <name>.json.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -368,10 +370,24 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
     score, stderr = mean_of_scores([v["score"] for v in per_name.values()],
                                    [v["stderr"] for v in per_name.values()])
     result = {"metric": metric, "score": score, "stderr": stderr, "n": sum(v["n"] for v in per_name.values()),
-              "num_fewshot": plan.num_fewshot[task], "requests": requests, "seconds": round(seconds, 3)}
+              "num_fewshot": plan.num_fewshot[task], "requests": requests, "seconds": round(seconds, 3),
+              "samples": [sample_row(task, n, s) for n in names for s in out["samples"][n]]}
     if task == "mmlu":
         result["subjects"] = {n.removeprefix("mmlu_"): v for n, v in per_name.items()}
     return result
+
+
+def sample_row(task: str, lm_eval_task: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """One question's outcome from lm-eval's per-sample log, kept for paired comparisons between models.
+
+    ``doc_hash`` and ``prompt_hash`` are lm-eval's own; step 06 pairs two models' rows by (task, doc_id) and checks
+    the document hashes agree. Metrics are lm-eval's per-question values (0/1 for acc and acc_norm; the MC2
+    probability mass under ``acc`` for TruthfulQA), log-likelihoods are those of the choices, in order.
+    """
+    return {"task": task, "lm_eval_task": lm_eval_task, "doc_id": int(sample["doc_id"]),
+            "doc_hash": sample["doc_hash"], "prompt_hash": sample["prompt_hash"],
+            **{m: float(sample[m]) for m in sample["metrics"]},
+            "loglikelihoods": [float(r[0]) for r in sample["filtered_resps"]]}
 
 
 def _stderr(value: Any) -> float:
@@ -399,6 +415,7 @@ def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, e
     load_seconds = time.perf_counter() - t0
     lm_obj = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=ecfg.batch_size)
     scores = {task: score_task(lm_obj, task, plan, tasks, seed) for task in plan.task_names}
+    write_jsonl(out_dir / f"{model.name}{SAMPLES_SUFFIX}", (row for s in scores.values() for row in s.pop("samples")))
     result = {
         **asdict(model),
         "scores": scores,
