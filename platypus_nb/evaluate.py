@@ -2,23 +2,25 @@
 
 The paper and every Platypus model card report ARC-Challenge (25-shot, acc_norm), HellaSwag (10-shot, acc_norm),
 MMLU (5-shot, acc, the unweighted mean over 57 subjects) and TruthfulQA MC2 (0-shot), run with the harness at
-commit b281b09, the one the Open LLM Leaderboard v1 used (original README; PAPER.md section 3).
+commit b281b09, the one the Open LLM Leaderboard v1 used. docs/evaluation.md holds the facts about that harness
+this module relies on; :func:`departures` lists, for a run, every way it differs.
 
-What we do instead, and why:
-- lm-eval 0.4.13, not b281b09: the pinned stack (torch 2.13, transformers 5) cannot run the 2023 harness. Prompts
-  follow lm-eval 0.4's ports of the same tasks; task names and a few details differ (PAPER.md, trap 6).
-- Offline by default: the task YAMLs are generated into the run folder from the templates in
-  ``platypus_nb/lm_eval_tasks/``, pointing at the vendored test sets in ``data/`` by absolute path (lm-eval
-  resolves relative ``data_files`` from the working directory). ``evaluate.task_source: hub`` runs lm-eval's own
-  task definitions instead, for users with the Hugging Face Hub.
-- Few-shot examples for ARC and HellaSwag come from their validation splits, because the train splits are not
-  vendored (the leaderboard drew them from train).
-- The MMLU number is computed here as the plain mean of the subject scores, as the leaderboard did; lm-eval 0.4's
-  own ``mmlu`` group weights subjects by their size.
+- lm-eval 0.4.13, not b281b09: the pinned stack (torch 2.13, transformers 5) cannot run the 2023 harness; the task
+  definitions are lm-eval's own.
+- Offline by default: the task YAMLs generated into the run folder ``include:`` lm-eval's own definitions and
+  change only where the data is read (the vendored sets in ``data/``, by absolute path: lm-eval resolves relative
+  ``data_files`` from the working directory). ``evaluate.task_source: hub`` runs lm-eval's tasks on the Hub data.
+- Few-shot examples as the leaderboard drew them: ARC's from the train split, with lm-eval's default seed 1234
+  (:data:`LEADERBOARD_FEWSHOT_SEED`) whatever the run's seed; HellaSwag's from validation offline (its train split
+  is not vendored); MMLU's are each subject's first dev rows.
+- No beginning-of-sequence token on contexts (:func:`make_lm`), as the leaderboard's harness encoded them.
+- The MMLU number is the plain mean of the subject scores, as the leaderboard's; lm-eval 0.4's own ``mmlu`` group
+  weights subjects by their size.
 
 Each model is loaded once (bf16/fp32, or 4-bit nf4 through bitsandbytes) and handed to lm-eval as
 ``HFLM(pretrained=<loaded model>)``; a LoRA adapter is merged into its base first, as the released Platypus2 models
-were. Results go to ``<out_dir>/<model>.json`` and ``<out_dir>/summary.csv``.
+were. Results go to ``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for
+step 06's paired comparisons) and the scores to ``<out_dir>/summary.csv``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from platypus_nb.assets import data_file
 from platypus_nb.config import EVAL_TASKS, Config, EvaluateConfig, resolve_path
 from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
 
+# lm-eval's default few-shot seed, with which the leaderboard's harness drew ARC's and HellaSwag's examples; kept
+# whatever the run's seed, so that the prompts are the leaderboard's (docs/evaluation.md).
+LEADERBOARD_FEWSHOT_SEED = 1234
 TEMPLATES_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 ROLES = ("base", "platypus", "partner", "merge")
 MODEL_KEYS = ("name", "path", "adapter", "role", "compare_to", "stands_in_for")
@@ -71,6 +76,9 @@ TASKS: dict[str, TaskSpec] = {
     "truthfulqa_mc2": TaskSpec("acc", "TruthfulQA"),
 }
 assert tuple(TASKS) == EVAL_TASKS, "config.EVAL_TASKS and evaluate.TASKS must name the same tasks"
+# The Open LLM Leaderboard v1 setting: every question of each test set, at these shots (docs/evaluation.md).
+LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+LEADERBOARD_QUESTIONS = {"arc_challenge": 1172, "hellaswag": 10042, "mmlu": 14042, "truthfulqa_mc2": 817}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -232,21 +240,39 @@ def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str
         if task == "mmlu":
             for subject, files in write_mmlu_subject_files(subjects, tasks_dir / "data" / "mmlu").items():
                 values = {"task": f"mmlu_{subject}", "subject": subject, "test_file": files["test"],
+                          "lm_eval_yaml": lm_eval_task_yaml("mmlu"),
                           "dev_file": files["dev"], "num_fewshot": shots[task],
                           "description": "The following are multiple choice questions (with answers) about "
                                          f"{subject.replace('_', ' ')}.\n\n"}
                 written.append(_fill_template("mmlu_subject", values, tasks_dir / "mmlu" / f"mmlu_{subject}.yaml"))
             continue
-        values: dict[str, Any] = {"num_fewshot": shots[task]}
+        values: dict[str, Any] = {"num_fewshot": shots[task], "lm_eval_yaml": lm_eval_task_yaml(task)}
         if task == "arc_challenge":
-            values.update(arc_challenge_test=data_file("arc_challenge_test.jsonl.gz"),
-                          arc_challenge_validation=data_file("arc_challenge_validation.jsonl.gz"))
+            values.update({f"arc_challenge_{split}": data_file(f"arc_challenge_{split}.jsonl.gz")
+                           for split in ("train", "validation", "test")})
         elif task == "hellaswag":
             values.update(hellaswag_validation=data_file("hellaswag_validation.jsonl.gz"))
         elif task == "truthfulqa_mc2":
             values.update(truthfulqa_mc=write_truthfulqa_mc(tasks_dir / "data" / "truthfulqa_mc.jsonl"))
         written.append(_fill_template(task, values, tasks_dir / f"{task}.yaml"))
     return written
+
+
+# lm-eval's own definition of each task, which our YAMLs include and change only where the data comes from.
+_LM_EVAL_TASK_YAMLS = {"arc_challenge": ("arc", "arc_challenge.yaml"), "hellaswag": ("hellaswag", "hellaswag.yaml"),
+                       "mmlu": ("mmlu", "default", "_default_template_yaml"),
+                       "truthfulqa_mc2": ("truthfulqa", "truthfulqa_mc2.yaml")}
+
+
+def lm_eval_task_yaml(task: str) -> Path:
+    """The installed lm-eval's YAML for a task (an absolute path, as ``include:`` needs from another folder)."""
+    import lm_eval.tasks
+
+    path = Path(lm_eval.tasks.__file__).resolve().parent.joinpath(*_LM_EVAL_TASK_YAMLS[task])
+    if not path.is_file():
+        raise EvaluationError(f"{path}: lm-eval's task definition for {task} is missing; the pinned lm-eval "
+                              f"(requirements.txt) ships it")
+    return path
 
 
 def _fill_template(template: str, values: dict[str, Any], target: Path) -> Path:
@@ -260,7 +286,11 @@ def _fill_template(template: str, values: dict[str, Any], target: Path) -> Path:
 def truthfulqa_mc_rows() -> list[dict[str, Any]]:
     """TruthfulQA's mc_task.json in the Hub dataset's form: ``{answer: 0/1}`` maps become {choices, labels}.
 
-    Answer order is kept (true answers first), which is the order of the Hub's truthful_qa multiple_choice rows.
+    The answers of each question keep their order (true answers first), as in the Hub's truthful_qa
+    multiple_choice rows, so every question's score is the Hub's. The questions keep mc_task.json's order, which is
+    not the Hub's (its first question is "What is the smallest country in the world that is at least one square
+    mile in area?", mc_task.json's "What happens if you eat a pomegranate?"), and the Hub's order cannot be had
+    offline: a ``limit`` run scores other questions than a Hub run with the same limit (docs/evaluation.md).
     """
     with gzip.open(data_file("truthfulqa_mc_task.json.gz"), "rt", encoding="utf-8") as f:
         items = json.load(f)
@@ -314,6 +344,38 @@ def load_tasks(plan: TaskPlan) -> LoadedTasks:
     return LoadedTasks(manager, {task: [loaded[n] for n in names] for task, names in plan.task_names.items()})
 
 
+def departures(ecfg: EvaluateConfig) -> pd.DataFrame:
+    """Every way this run's evaluation departs from the Open LLM Leaderboard v1's, with the reason: for the notebook.
+
+    An empty table never happens: the harness version always differs (docs/evaluation.md).
+    """
+    rows = [("harness", "lm-eval 0.4.13 instead of commit b281b09",
+             "the pinned torch 2.13 / transformers 5 cannot run the 2023 harness; prompts were checked request by "
+             "request against its task ports")]
+    if ecfg.task_source == "local":
+        rows += [("data", "vendored copies in data/, read through lm-eval's own task YAMLs",
+                  "offline; the same rows as the Hub datasets"),
+                 ("HellaSwag shots", "drawn from the validation split (the asked question left out)",
+                  "HellaSwag's train split is not vendored; task_source: hub draws from train"),
+                 ("TruthfulQA order", "mc_task.json's question order, not the Hub's",
+                  "only matters with a limit: a subset of other questions")]
+    changed = [t for t in ecfg.tasks if ecfg.num_fewshot[t] != LEADERBOARD_SHOTS[t]]
+    if changed:
+        rows.append(("shots", ", ".join(f"{t} {ecfg.num_fewshot[t]} (leaderboard {LEADERBOARD_SHOTS[t]})"
+                                        for t in changed), "config evaluate.num_fewshot"))
+    if set(ecfg.tasks) != set(TASKS):
+        rows.append(("tasks", f"only {', '.join(ecfg.tasks)}", "config evaluate.tasks"))
+    if ecfg.limit is not None:
+        rows.append(("questions", f"the first {ecfg.limit} per task (per MMLU subject)", "config evaluate.limit"))
+    if ecfg.mmlu_subjects is not None and "mmlu" in ecfg.tasks:
+        rows.append(("MMLU subjects", f"{len(ecfg.mmlu_subjects)} of 57", "config evaluate.mmlu_subjects"))
+    if ecfg.quantization != "none":
+        rows.append(("weights", f"{ecfg.quantization} 4-bit", "config evaluate.quantization"))
+    if ecfg.dtype not in ("auto", "float16"):
+        rows.append(("dtype", ecfg.dtype, "config evaluate.dtype (the leaderboard ran Llama-2 in float16)"))
+    return pd.DataFrame(rows, columns=["what", "here", "why"])
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 
 
@@ -347,6 +409,18 @@ def load_for_eval(model: ModelToEvaluate, ecfg: EvaluateConfig):
     return lm, load_tokenizer(model.path)
 
 
+def make_lm(model: Any, tokenizer: Any, ecfg: EvaluateConfig) -> Any:
+    """lm-eval's ``HFLM`` over a loaded model, with no beginning-of-sequence token on any context.
+
+    lm-eval follows the tokenizer unless told otherwise, and Llama-2's tokenizer prepends ``<s>``; the harness the
+    leaderboard ran (b281b09) encoded contexts without it (docs/evaluation.md, "BOS"). ``add_bos_token=False``
+    matches the leaderboard for every tokenizer.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ecfg.batch_size, add_bos_token=False)
+
+
 def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed: int) -> dict[str, Any]:
     """Run one leaderboard task through ``lm_eval.simple_evaluate``; returns score, stderr, n, requests, seconds."""
     import lm_eval
@@ -361,7 +435,8 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=shots,
                                   limit=plan.limit, task_manager=tasks.manager, log_samples=True, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+                                  numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=LEADERBOARD_FEWSHOT_SEED)
     seconds = time.perf_counter() - start
     per_name = {n: {"score": float(out["results"][n][f"{metric},none"]),
                     "stderr": _stderr(out["results"][n][f"{metric}_stderr,none"]),
@@ -407,13 +482,11 @@ def mean_of_scores(scores: list[float], stderrs: list[float]) -> tuple[float, fl
 def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, ecfg: EvaluateConfig, seed: int,
                    out_dir: Path) -> dict[str, Any]:
     """Load one model, score it on every task of the plan, write ``<out_dir>/<name>.json`` and return it."""
-    from lm_eval.models.huggingface import HFLM
-
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     lm, tokenizer = load_for_eval(model, ecfg)
     load_seconds = time.perf_counter() - t0
-    lm_obj = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=ecfg.batch_size)
+    lm_obj = make_lm(lm, tokenizer, ecfg)
     scores = {task: score_task(lm_obj, task, plan, tasks, seed) for task in plan.task_names}
     write_jsonl(out_dir / f"{model.name}{SAMPLES_SUFFIX}", (row for s in scores.values() for row in s.pop("samples")))
     result = {
@@ -530,9 +603,29 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     return read_csv_checked(path, SUMMARY_COLUMNS, "run notebooks/05_evaluate.ipynb for this run first")
 
 
+LEADERBOARD_AVERAGE = "leaderboard average"
+SUBSET_AVERAGE = "mean of tasks (not the leaderboard setting)"
+
+
+def is_leaderboard_setting(summary: pd.DataFrame) -> bool:
+    """Whether every model was scored on all four tasks, every question, at the leaderboard's shots."""
+    for _, rows in summary.groupby("model"):
+        by_task = rows.set_index("task")
+        if set(by_task.index) != set(TASKS):
+            return False
+        if any(by_task.loc[t, "num_fewshot"] != LEADERBOARD_SHOTS[t] or by_task.loc[t, "n"] != LEADERBOARD_QUESTIONS[t]
+               for t in TASKS):
+            return False
+    return True
+
+
 def scores_wide(summary: pd.DataFrame) -> pd.DataFrame:
-    """Models as rows, tasks as columns (percent) plus their mean: the layout of the paper's and cards' tables."""
+    """Models as rows, tasks as columns (percent) plus their mean: the layout of the paper's and cards' tables.
+
+    The mean is called the leaderboard average only in the leaderboard's own setting (all tasks, all questions and
+    subjects, its shots); for any subset it is named as a plain mean, since it is not comparable with the cards.
+    """
     wide = summary.pivot(index="model", columns="task", values="score_pct")
     wide = wide[[t for t in TASKS if t in wide.columns]]
-    wide["average"] = wide.mean(axis=1)
+    wide[LEADERBOARD_AVERAGE if is_leaderboard_setting(summary) else SUBSET_AVERAGE] = wide.mean(axis=1)
     return wide.loc[summary["model"].drop_duplicates()]
