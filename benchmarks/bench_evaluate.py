@@ -100,7 +100,7 @@ def main() -> None:
         "benchmark": "evaluate",
         "model": args.model,
         "config": args.config,
-        "settings": {"tasks": cfg.evaluate.tasks, "num_fewshot": plan.num_fewshot, "limit": plan.limit,
+        "settings": {"tasks": cfg.evaluate.tasks, "num_fewshot": plan.num_fewshot, "limits": plan.limits,
                      "mmlu_subjects": [n.removeprefix("mmlu_") for n in plan.task_names.get("mmlu", [])]},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

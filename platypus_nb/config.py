@@ -390,6 +390,8 @@ class EvaluateConfig:
         default_factory=lambda: {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0})
     # Questions per task (per subject for MMLU); None: all. The tiny config lowers it: a smoke test, not a score.
     limit: Optional[int] = None
+    # Per-task questions overriding limit for the tasks named, e.g. {hellaswag: 300, arc_challenge: null} (null: all).
+    task_limits: dict[str, Optional[int]] = field(default_factory=dict)
     # MMLU subjects scored; None: all 57, whose unweighted mean is the leaderboard's MMLU number.
     mmlu_subjects: Optional[list[str]] = None
     batch_size: int = 8
@@ -400,6 +402,10 @@ class EvaluateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "local" reads data/ through generated YAMLs; "hub" uses lm-eval's own task definitions.
     task_source: Literal["local", "hub"] = "local"
+    # "prefix_cache" runs each shared prefix (TruthfulQA's primer, an MMLU subject's shots, a question's context)
+    # once and reuses its key/value cache (platypus_nb.prefix_lm; log-likelihoods equal HFLM's within 1e-4);
+    # "hflm" is lm-eval's plain HFLM.
+    scorer: Literal["prefix_cache", "hflm"] = "prefix_cache"
 
     def validate(self, v: "_Validator") -> None:
         v.require(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks), "tasks",
@@ -411,6 +417,9 @@ class EvaluateConfig:
             v.require(task in EVAL_TASKS, f"num_fewshot.{task}", f"a task among {', '.join(EVAL_TASKS)}")
             v.require(shots >= 0, f"num_fewshot.{task}", "a non-negative integer")
         v.require(self.limit is None or self.limit > 0, "limit", "a positive integer or null")
+        for task, n in self.task_limits.items():
+            v.require(task in EVAL_TASKS, f"task_limits.{task}", f"a task among {', '.join(EVAL_TASKS)}")
+            v.require(n is None or n > 0, f"task_limits.{task}", "a positive integer or null")
         v.require(self.mmlu_subjects is None or len(self.mmlu_subjects) > 0, "mmlu_subjects",
                   "a non-empty list of MMLU subjects, or null for all 57")
         v.require(self.batch_size > 0, "batch_size", "a positive integer")

@@ -188,12 +188,13 @@ def models_for_run(stage: Any) -> tuple[list[ModelToEvaluate], str]:
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """What lm-eval runs: per leaderboard task, its lm-eval task names and shots; where the YAMLs are."""
+    """What lm-eval runs: per leaderboard task, its lm-eval task names, shots and questions (per lm-eval task; None:
+    all); where the YAMLs are."""
 
     task_names: dict[str, list[str]]
     num_fewshot: dict[str, int]
     include_path: Optional[Path]
-    limit: Optional[int]
+    limits: dict[str, Optional[int]]
 
 
 def mmlu_subjects(requested: Optional[list[str]] = None) -> list[str]:
@@ -224,7 +225,8 @@ def prepare_tasks(ecfg: EvaluateConfig, tasks_dir: str | Path) -> TaskPlan:
     if ecfg.task_source == "local":
         include_path = Path(tasks_dir)
         write_task_yamls(ecfg.tasks, shots, subjects, include_path)
-    return TaskPlan(task_names=names, num_fewshot=shots, include_path=include_path, limit=ecfg.limit)
+    limits = {t: ecfg.task_limits.get(t, ecfg.limit) for t in ecfg.tasks}
+    return TaskPlan(task_names=names, num_fewshot=shots, include_path=include_path, limits=limits)
 
 
 def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str], tasks_dir: Path) -> list[Path]:
@@ -365,8 +367,10 @@ def departures(ecfg: EvaluateConfig) -> pd.DataFrame:
                                         for t in changed), "config evaluate.num_fewshot"))
     if set(ecfg.tasks) != set(TASKS):
         rows.append(("tasks", f"only {', '.join(ecfg.tasks)}", "config evaluate.tasks"))
-    if ecfg.limit is not None:
-        rows.append(("questions", f"the first {ecfg.limit} per task (per MMLU subject)", "config evaluate.limit"))
+    limits = {t: ecfg.task_limits.get(t, ecfg.limit) for t in ecfg.tasks}
+    if any(n is not None for n in limits.values()):
+        rows.append(("questions", ", ".join(f"{t} {'all' if n is None else f'the first {n}'}" for t, n in limits.items())
+                     + " (per MMLU subject)", "config evaluate.limit, evaluate.task_limits"))
     if ecfg.mmlu_subjects is not None and "mmlu" in ecfg.tasks:
         rows.append(("MMLU subjects", f"{len(ecfg.mmlu_subjects)} of 57", "config evaluate.mmlu_subjects"))
     if ecfg.quantization != "none":
@@ -409,16 +413,20 @@ def load_for_eval(model: ModelToEvaluate, ecfg: EvaluateConfig):
     return lm, load_tokenizer(model.path)
 
 
-def make_lm(model: Any, tokenizer: Any, ecfg: EvaluateConfig) -> Any:
-    """lm-eval's ``HFLM`` over a loaded model, with no beginning-of-sequence token on any context.
+def make_lm(model: Any, tokenizer: Any, ecfg: EvaluateConfig, scorer: Optional[str] = None) -> Any:
+    """lm-eval's ``HFLM`` (or its prefix-caching subclass) over a loaded model, with no BOS token on any context.
 
     lm-eval follows the tokenizer unless told otherwise, and Llama-2's tokenizer prepends ``<s>``; the harness the
-    leaderboard ran (b281b09) encoded contexts without it (docs/evaluation.md, "BOS"). ``add_bos_token=False``
-    matches the leaderboard for every tokenizer.
+    leaderboard ran (b281b09) encoded contexts without it (docs/evaluation.md). ``add_bos_token=False`` matches the
+    leaderboard for every tokenizer. ``scorer`` (default: ``evaluate.scorer``) is ``prefix_cache``
+    (:class:`platypus_nb.prefix_lm.PrefixCachingHFLM`, equal log-likelihoods, faster) or ``hflm`` (plain ``HFLM``).
     """
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ecfg.batch_size, add_bos_token=False)
+    from platypus_nb.prefix_lm import PrefixCachingHFLM
+
+    cls = {"hflm": HFLM, "prefix_cache": PrefixCachingHFLM}[scorer or ecfg.scorer]
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=ecfg.batch_size, add_bos_token=False)
 
 
 def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed: int) -> dict[str, Any]:
@@ -434,7 +442,7 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
         shots = None
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=shots,
-                                  limit=plan.limit, task_manager=tasks.manager, log_samples=True, random_seed=seed,
+                                  limit=plan.limits[task], task_manager=tasks.manager, log_samples=True, random_seed=seed,
                                   numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=LEADERBOARD_FEWSHOT_SEED)
     seconds = time.perf_counter() - start
@@ -505,9 +513,10 @@ def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, e
 
 def evaluation_settings(ecfg: EvaluateConfig, plan: TaskPlan, seed: int) -> dict[str, Any]:
     """Everything besides the weights that a score depends on, recorded with every result."""
-    return {"task_source": ecfg.task_source, "num_fewshot": plan.num_fewshot, "limit": plan.limit,
+    return {"task_source": ecfg.task_source, "num_fewshot": plan.num_fewshot, "limits": plan.limits,
             "mmlu_subjects": [n.removeprefix("mmlu_") for n in plan.task_names.get("mmlu", [])],
             "batch_size": ecfg.batch_size, "dtype": ecfg.dtype, "quantization": ecfg.quantization,
+            "scorer": ecfg.scorer,
             "device": ecfg.device, "seed": seed,
             "metrics": {t: TASKS[t].metric for t in plan.task_names}}
 

@@ -300,7 +300,7 @@ def test_notebook_05_scores_every_model_offline(tmp_path, tiny_llama_dir, platyp
                                                          "truthfulqa_mc2": 2}
     base = json.loads((out / "base.json").read_text())
     assert base["versions"]["lm_eval"] == "0.4.13"
-    assert base["settings"]["limit"] == 2 and base["settings"]["num_fewshot"]["arc_challenge"] == 1
+    assert base["settings"]["limits"]["arc_challenge"] == 2 and base["settings"]["num_fewshot"]["arc_challenge"] == 1
     assert set(base["scores"]["mmlu"]["subjects"]) == {"college_physics", "high_school_mathematics"}
     assert all(s["requests"] > 0 and s["seconds"] > 0 for s in base["scores"].values())
     platypus = json.loads((out / "platypus.json").read_text())
