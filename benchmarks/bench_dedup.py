@@ -112,7 +112,7 @@ def bench_tiny_embedding() -> dict:
     """The tiny config's near-duplicate step with an empty embedding cache, then again on the filled cache."""
     cfg = load_config("tiny")
     build = dataset_build.remove_exact_duplicates(dataset_build.drop_incomplete_rows(
-        dataset_build.apply_keyword_filter(dataset_build.start_build(cfg), cfg)), cfg)
+        dataset_build.apply_keyword_filter(dataset_build.start_build(cfg), cfg), cfg), cfg)
     _load_encoder(embedding_model_path(cfg.embeddings.model))  # model loading is not embedding
     with tempfile.TemporaryDirectory() as tmp:
         cold, t_cold = timed(dataset_build.remove_near_duplicates, build, cfg,

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from platypus_nb.io import atomic_directory, atomic_write_json, sha256_file
+from platypus_nb.io import atomic_directory, atomic_write_json, changed_file, sha256_file
 from platypus_nb.paths import DATA_DIR, cache_dir
 
 DEFAULT_BASE_MODEL = "smollm2-135m"
@@ -61,13 +61,9 @@ def is_valid_model_dir(path: Path, check_hashes: bool = True) -> bool:
         files = json.loads(marker.read_text())["files"]
     except (ValueError, KeyError):
         return False
-    for name, digest in files.items():
-        f = path / name
-        if not f.is_file():
-            return False
-        if check_hashes and sha256_file(f) != digest:
-            return False
-    return True
+    if not check_hashes:
+        return all((path / name).is_file() for name in files)
+    return changed_file(path, files) is None
 
 
 def convert_gguf_model(out_dir: Optional[Path] = None, verify: bool = True) -> Path:
@@ -175,7 +171,21 @@ def embedding_model_path(name: str = EMBEDDING_MODEL) -> str:
 
 @functools.lru_cache(maxsize=1)
 def data_checksums() -> dict[str, dict[str, Any]]:
-    return json.loads(DATA_CHECKSUMS.read_text())
+    """``data/checksums.json``: file (relative to ``data/``) -> sha256, rows, origin, licence."""
+    restore = f"restore it with git checkout -- data/{DATA_CHECKSUMS.name}"
+    if not DATA_CHECKSUMS.is_file():
+        raise AssetError(f"{DATA_CHECKSUMS} is missing: it lists the sha256 every vendored data file is checked "
+                         f"against; {restore}")
+    try:
+        entries = json.loads(DATA_CHECKSUMS.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AssetError(f"{DATA_CHECKSUMS} is not valid JSON ({e}); {restore}") from None
+    bad = [name for name, entry in entries.items() if not isinstance(entry, dict) or "sha256" not in entry] \
+        if isinstance(entries, dict) else ["(top level)"]
+    if bad:
+        raise AssetError(f"{DATA_CHECKSUMS}: entry {bad[0]!r} has no sha256 (expected file -> {{sha256, ...}}); "
+                         f"{restore}")
+    return entries
 
 
 @functools.lru_cache(maxsize=None)

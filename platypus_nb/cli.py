@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute the notebooks in order with papermill")
     run.add_argument("--config", default="tiny", help="config name in configs/ or a YAML path (default: tiny)")
     run.add_argument("--steps", default=None, help="comma-separated step numbers or names, e.g. 01,03")
-    run.add_argument("--force", action="store_true", help="re-run steps even when nothing changed")
+    run.add_argument("--force", action="store_true",
+                     help="re-run the selected steps even when nothing changed (and set an unreadable manifest aside)")
+    run.add_argument("--verify", action="store_true",
+                     help="re-hash every recorded output before trusting it (default: size and modification time)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="config override with a dotted key, e.g. -p finetune.learning_rate=1e-4 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -56,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
             manifest = run_pipeline(args.config, steps=steps, force=args.force, overrides=args.param,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, verify=args.verify)
             done = {k: v.get("status") for k, v in manifest["steps"].items()}
             print(f"run {manifest['run_name']}: {json.dumps(done)}")
         elif args.command == "assets":

@@ -69,15 +69,12 @@ class TaskSpec:
     label: str
 
 
-TASKS: dict[str, TaskSpec] = {
-    "arc_challenge": TaskSpec("acc_norm", "ARC"),
-    "hellaswag": TaskSpec("acc_norm", "HellaSwag"),
-    "mmlu": TaskSpec("acc", "MMLU"),
-    "truthfulqa_mc2": TaskSpec("acc", "TruthfulQA"),
-}
-assert tuple(TASKS) == EVAL_TASKS, "config.EVAL_TASKS and evaluate.TASKS must name the same tasks"
-# The Open LLM Leaderboard v1 setting: every question of each test set, at these shots (docs/evaluation.md).
-LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+# In the order of config.EVAL_TASKS, which owns the names.
+TASKS: dict[str, TaskSpec] = dict(zip(EVAL_TASKS, (
+    TaskSpec("acc_norm", "ARC"), TaskSpec("acc_norm", "HellaSwag"), TaskSpec("acc", "MMLU"),
+    TaskSpec("acc", "TruthfulQA")), strict=True))
+# The Open LLM Leaderboard v1 setting: every question of each test set (docs/evaluation.md), at
+# config.LEADERBOARD_SHOTS.
 LEADERBOARD_QUESTIONS = {"arc_challenge": 1172, "hellaswag": 10042, "mmlu": 14042, "truthfulqa_mc2": 817}
 
 

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 
 def _umask() -> int:
@@ -95,11 +95,20 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises ValueError naming the file and the 1-based line number."""
-    rows = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of each non-blank line of a JSONL file (``.gz`` too).
+
+    Lines are decoded one by one so that every error (not UTF-8, not JSON, not an object) is a ValueError naming
+    the file and the real 1-based line number, blank lines counted.
+    """
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); expected UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -108,8 +117,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a bad line raises ValueError naming the file and the 1-based line number."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 @contextlib.contextmanager
@@ -133,6 +146,46 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What atomic_path and atomic_directory leave behind when a process is killed before the rename.
+_TEMPORARY = re.compile(r"\..+\.(tmp|partial|old)")
+
+
+def is_temporary(rel: str | Path) -> bool:
+    """Whether a path (relative to an output folder) lies in, or is, a hidden file or folder: a temporary of the
+    atomic writers above, or editor state (``.ipynb_checkpoints``); never a stage's output."""
+    return any(part.startswith(".") for part in Path(rel).parts)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete what killed atomic writes left under ``folder`` (``.<name>.*.tmp``, ``.<name>.*.partial``,
+    ``.<name>.old``); return what was removed. Only safe while no other process writes there (the run lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*") if _TEMPORARY.fullmatch(p.name)]
+    removed = []
+    for p in sorted(stale, key=lambda p: len(p.parts)):
+        if any(r in p.parents for r in removed):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def changed_file(folder: str | Path, digests: dict[str, str]) -> Optional[str]:
+    """The first file of ``digests`` (relative path -> sha256) that is missing under ``folder`` or hashes otherwise
+    (truncated or altered); None when all are as recorded. How cached models are verified before reuse."""
+    folder = Path(folder)
+    for rel, digest in digests.items():
+        path = folder / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            return rel
+    return None
 
 
 def read_csv_checked(path: str | Path, columns: list[str], missing_hint: str):

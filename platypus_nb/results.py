@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb import stats
+from platypus_nb.assets import data_file
 from platypus_nb.evaluate import SAMPLES_SUFFIX, TASKS
 from platypus_nb.io import read_csv_checked, read_jsonl
-from platypus_nb.paths import DATA_DIR
 
-PAPER_DIR = DATA_DIR / "paper"
 PUBLISHED_COLUMNS = ["model", "role", "compare_to", *TASKS, "average", "kind", "source"]
 QUOTED_COLUMNS = ["model", "compare_to", "task", "quoted_pct_change", "source", "note"]
 # Bars coloured per task, the same in every figure.
@@ -35,8 +34,12 @@ TASK_COLORS = dict(zip(TASKS, ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]))
 # ------------------------------------------------------------------------------------------- published scores
 
 
-def read_published_scores(path: Path = PAPER_DIR / "published_scores.csv") -> pd.DataFrame:
-    """The vendored scores (percent) of the Platypus models and their bases/partners, one source per row."""
+def read_published_scores(path: Optional[Path] = None) -> pd.DataFrame:
+    """The vendored scores (percent) of the Platypus models and their bases/partners, one source per row.
+
+    The vendored file (the default) is checked against ``data/checksums.json`` first.
+    """
+    path = path or data_file("paper/published_scores.csv")
     table = _read_csv(path, PUBLISHED_COLUMNS)
     for task in TASKS:
         if table[task].isna().any() or not pd.api.types.is_numeric_dtype(table[task]):
@@ -49,9 +52,9 @@ def read_published_scores(path: Path = PAPER_DIR / "published_scores.csv") -> pd
     return table
 
 
-def read_quoted_deltas(path: Path = PAPER_DIR / "quoted_deltas.csv") -> pd.DataFrame:
-    """The percent changes the paper's text itself quotes, to set beside the regenerated ones."""
-    return _read_csv(path, QUOTED_COLUMNS)
+def read_quoted_deltas(path: Optional[Path] = None) -> pd.DataFrame:
+    """The percent changes the paper's text itself quotes, to set beside the regenerated ones (checked as above)."""
+    return _read_csv(path or data_file("paper/quoted_deltas.csv"), QUOTED_COLUMNS)
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -13,21 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from platypus_nb.config import Config, load_config, resolve_path
-
-# Notebook file stem -> output folder name inside runs/<run>/.
-STAGE_DIRS = {
-    "00_setup": "00_setup",
-    "01_dataset_construction": "01_dataset",
-    "02_contamination_analysis": "02_contamination",
-    "03_finetune": "03_finetune",
-    "04_merge": "04_merge",
-    "05_evaluate": "05_evaluate",
-    "06_results": "06_results",
-}
-
-
-def stage_dir_name(notebook_stem: str) -> str:
-    return STAGE_DIRS.get(notebook_stem, notebook_stem)
+from platypus_nb.contracts import STAGES, out_dir_name
+from platypus_nb.figures import figures_dir_for
 
 
 @dataclass
@@ -38,15 +25,27 @@ class Stage:
     run_dir: Path
     out_dir: Path
     figures_dir: Path
+    stem: Optional[str] = None
 
     def output_of(self, notebook_stem: str) -> Path:
-        """The output folder of another (earlier) stage in the same run."""
-        return self.run_dir / stage_dir_name(notebook_stem)
+        """The output folder of an earlier stage in the same run, which this stage must declare it reads.
+
+        The runner records and checks only declared inputs, so an undeclared read would go unnoticed by it.
+        """
+        contract = STAGES.get(self.stem or "")
+        if contract is not None and notebook_stem not in {r.stage for r in contract.reads}:
+            declared = ", ".join(r.stage for r in contract.reads) or "none"
+            raise ValueError(f"stage {self.stem} reads the outputs of {notebook_stem}, which platypus_nb/contracts.py "
+                             f"does not declare (declared: {declared})")
+        return self.run_dir / out_dir_name(notebook_stem)
 
 
 def open_stage(notebook_stem: str, config: str = "tiny", run_dir: Optional[str] = None,
                overrides: Optional[dict[str, Any]] = None, params: Optional[dict[str, Any]] = None) -> Stage:
     """Load and validate the config, seed Python's RNGs, and create the stage's output folder.
+
+    Figures go to the project's ``figures/`` only for the default reproduction (see
+    :func:`platypus_nb.figures.figures_dir_for`), so other runs leave the checkout clean.
 
     ``params`` maps dotted config keys to a notebook's stage-specific parameters
     (``{"contamination.threshold": threshold}``); a value of None means "use the config's".
@@ -56,11 +55,11 @@ def open_stage(notebook_stem: str, config: str = "tiny", run_dir: Optional[str] 
     cfg = load_config(config, merged)
     seed_everything(cfg.run.seed)
     rd = resolve_path(run_dir) if run_dir else cfg.run_dir()
-    out = rd / stage_dir_name(notebook_stem)
+    out = rd / out_dir_name(notebook_stem)
     out.mkdir(parents=True, exist_ok=True)
-    figs = cfg.figures_dir()
+    figs = figures_dir_for(cfg, rd)
     figs.mkdir(parents=True, exist_ok=True)
-    return Stage(cfg=cfg, run_dir=rd, out_dir=out, figures_dir=figs)
+    return Stage(cfg=cfg, run_dir=rd, out_dir=out, figures_dir=figs, stem=notebook_stem)
 
 
 def seed_everything(seed: int) -> None:

@@ -88,3 +88,42 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_missing_or_broken_checksums_file_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(assets, "DATA_CHECKSUMS", tmp_path / "checksums.json")
+    assets.data_checksums.cache_clear()
+    try:
+        with pytest.raises(assets.AssetError, match=r"checksums.json is missing: .*git checkout -- "
+                                                    r"data/checksums.json"):
+            assets.data_file("mmlu_test.jsonl.gz")
+        (tmp_path / "checksums.json").write_text('{"mmlu_test.jsonl.gz": {"rows": 3}}')
+        with pytest.raises(assets.AssetError, match="entry 'mmlu_test.jsonl.gz' has no sha256"):
+            assets.data_checksums()
+    finally:
+        assets.data_checksums.cache_clear()
+
+
+def test_every_data_file_but_the_human_review_is_checksummed():
+    data = assets.DATA_CHECKSUMS.parent
+    on_disk = {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()}
+    unchecked = {"checksums.json", "contamination_review.csv"} | {f for f in on_disk if f.endswith("README.md")
+                                                                  or f.startswith("licenses/")}
+    assert on_disk - unchecked == set(assets.data_checksums())
+
+
+def test_paper_scores_are_hash_checked_when_read(tmp_path, monkeypatch):
+    from platypus_nb import results
+
+    (tmp_path / "paper").mkdir()
+    for name in ("published_scores.csv", "quoted_deltas.csv"):
+        shutil.copy(assets.DATA_CHECKSUMS.parent / "paper" / name, tmp_path / "paper" / name)
+    monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
+    assert results.read_published_scores().loc[0, "model"] == "Platypus2-13B"
+    edited = tmp_path / "paper" / "published_scores.csv"
+    edited.write_text(edited.read_text().replace("61.26", "91.26", 1))
+    with pytest.raises(assets.AssetError, match=r"data file .*paper/published_scores.csv has been altered"):
+        results.read_published_scores()
+    (tmp_path / "paper" / "quoted_deltas.csv").write_text("model,compare_to,task,quoted_pct_change,source,note\n")
+    with pytest.raises(assets.AssetError, match=r"paper/quoted_deltas.csv has been altered"):
+        results.read_quoted_deltas()

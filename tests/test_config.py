@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 
 import pytest
+from pydantic import Strict
 
-from platypus_nb.config import ConfigError, load_config, parse_overrides
+from platypus_nb.config import Config, ConfigError, from_dict, load_config, parse_overrides, resolve_path
 
 
 def write(tmp_path, text: str):
@@ -47,6 +50,8 @@ def test_unknown_section(tmp_path):
     ("dataset:\n  dedup_threshold: -0.1\n", r"dataset\.dedup_threshold: expected a number in \[0, 1\]"),
     ("finetune:\n  precision: int4\n", r"finetune\.precision: expected one of"),
     ("finetune:\n  global_batch_size: 10\n  micro_batch_size: 4\n", r"finetune\.global_batch_size: expected a multiple"),
+    ("contamination:\n  review_file: data/contamination_reveiw.csv\n",
+     r"contamination\.review_file: expected an existing file, but .*contamination_reveiw\.csv does not exist"),
     ("contamination:\n  extra_eval_sets: [{name: x, path: no/such/file.jsonl}]\n",
      r"extra_eval_sets\[0\]\.path: expected an existing file"),
     ("run:\n  seed: true\n", r"run\.seed: expected int, got bool"),
@@ -96,3 +101,123 @@ def test_cli_bad_key_is_a_one_line_error():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key 'finetune.lerning_rate'" in lines[0]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("finetune:\n  learning_rate: .inf\n", r"c\.yaml: finetune\.learning_rate: expected a finite number, got inf"),
+    ("finetune:\n  weight_decay: -.inf\n", r"finetune\.weight_decay: expected a finite number, got -inf"),
+    ("contamination:\n  threshold: .nan\n", r"contamination\.threshold: expected a finite number, got nan"),
+    ("merge:\n  adapter_weights: [1.0, .inf]\n", r"merge\.adapter_weights\[1\]: expected a finite number"),
+    ("finetune:\n  learning_rate: '1e999'\n", r"finetune\.learning_rate: expected a finite number"),
+])
+def test_non_finite_numbers_are_rejected_naming_the_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))
+
+
+def test_non_finite_override_is_rejected():
+    with pytest.raises(ConfigError, match=r"\(with overrides finetune\.max_grad_norm\): finetune\.max_grad_norm: "
+                                          r"expected a finite number"):
+        load_config("tiny", ["finetune.max_grad_norm=.nan"])
+
+
+@pytest.mark.parametrize("key, name", [
+    ("run.name", ".."), ("run.name", "."), ("run.name", "../escape"), ("run.name", "a/b"), ("run.name", "a\\b"),
+    ("run.name", "''"), ("run.name", "-flag"), ("merge.partners", [{"name": "..", "model": "some/model"}]),
+    ("merge.partners", [{"name": "p", "model": "some/model", "merge_name": "../x"}]),
+    ("contamination.extra_eval_sets", [{"name": "..", "path": "configs/tiny.yaml"}]),
+])
+def test_names_that_become_folders_are_plain_names(key, name):
+    with pytest.raises(ConfigError, match=r"name: expected a (non-empty )?name of letters"):
+        load_config("tiny", {key: name})
+
+
+def test_a_plain_run_name_stays_under_the_runs_folder():
+    cfg = load_config("tiny", ["run.name=my-run_2.b"])
+    assert cfg.run_dir().resolve() == resolve_path("runs").resolve() / "my-run_2.b"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "{}\n"])
+def test_an_empty_config_file_is_an_error_naming_the_file(tmp_path, text):
+    with pytest.raises(ConfigError, match=r"c\.yaml: .*no settings"):
+        load_config(write(tmp_path, text))
+
+
+def test_a_config_with_one_section_takes_defaults_for_the_rest(tmp_path):
+    cfg = load_config(write(tmp_path, "run:\n  name: only-run\n"))
+    assert cfg.run.name == "only-run" and cfg.finetune.lora_r == 16 and cfg.merge.partners == []
+
+
+@pytest.mark.parametrize("text, match", [
+    ("model:\n  base: 135\n", r"model\.base: expected str, got int 135"),
+    ("finetune:\n  packing: 1\n", r"finetune\.packing: expected bool, got int 1"),
+    ("finetune:\n  max_steps: 2.0\n", r"finetune\.max_steps: expected int, got float 2\.0"),
+    ("finetune:\n  learning_rate: false\n", r"finetune\.learning_rate: expected a number, got bool False"),
+    ("finetune: [1, 2]\n", r"c\.yaml: finetune: expected a mapping, got list"),
+    ("finetune:\n", r"c\.yaml: finetune: expected a mapping, got NoneType"),
+    ("dataset:\n  sources: math\n", r"dataset\.sources: expected a list, got str 'math'"),
+    ("dataset:\n  source_files: {nope: x.jsonl}\n", r"dataset\.source_files\.nope: expected one of 'prm800k'"),
+    ("evaluate:\n  num_fewshot: {arc_challenge: -1}\n", r"evaluate\.num_fewshot\.arc_challenge: expected a "
+                                                         r"non-negative integer, got -1"),
+    ("merge:\n  partners:\n    - {name: p, model: m, lerning: 1}\n",
+     r"unknown key 'merge\.partners\[0\]\.lerning' \(known keys here: name, stands_in_for, model"),
+    ("merge:\n  method: slerp\n", r"merge\.method: expected one of 'linear', 'cat', 'ties'"),
+    ("source: x\n", r"unknown key 'source' \(known keys here: run, model"),
+])
+def test_type_errors_name_the_dotted_key_and_what_was_given(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_scientific_strings_are_read_as_numbers(tmp_path):
+    # PyYAML reads "1e-4" (no dot) as a string under YAML 1.1; it means a number.
+    cfg = load_config(write(tmp_path, "finetune:\n  learning_rate: 1e-4\n  max_grad_norm: 2E+0\n"))
+    assert cfg.finetune.learning_rate == pytest.approx(1e-4) and cfg.finetune.max_grad_norm == 2.0
+
+
+def test_registries_built_in_the_config_order_pair_each_name_with_its_own_entry():
+    # The stage registries take their names, positionally, from the config's lists: a reordered list must not
+    # hand a source another source's facts (data_source tags from the dataset card's Data-Provenance IDs).
+    from platypus_nb.dataset.sources import SOURCE_INFO
+    from platypus_nb.evaluate import TASKS
+
+    assert {name: info.data_source for name, info in SOURCE_INFO.items()} == {
+        "prm800k": "MATH/PRM-800K", "math": "MATH/PRM-800K", "scienceqa": "scienceqa", "scibench": "scibench",
+        "reclor": "reclor", "theoremqa": "theoremqa", "leetcode": "leetcode_ne", "airoboros": "airoboros",
+        "tigerbot": "tigerbot-kaggle", "arb": "ARB", "guanaco": "guanaco", "openbookqa": "openbookqa", "sciq": "sciq"}
+    assert all(info.name == name for name, info in SOURCE_INFO.items())
+    assert SOURCE_INFO["math"].origin.startswith("MATH train") and SOURCE_INFO["prm800k"].origin.startswith("openai")
+    assert {name: spec.label for name, spec in TASKS.items()} == {
+        "arc_challenge": "ARC", "hellaswag": "HellaSwag", "mmlu": "MMLU", "truthfulqa_mc2": "TruthfulQA"}
+
+
+def test_a_resolved_config_round_trips_through_plain_data():
+    cfg = load_config("platypus2-70b")
+    again = from_dict(cfg.to_dict(), source="round trip")
+    assert again == cfg and again.to_dict() == cfg.to_dict() and again.source == "round trip"
+    assert again.merge.partners[0].merged_name == "camel-platypus2-70b"
+
+
+def _loose_keys(tp, key: str):
+    """Keys whose scalar type is not strict (pydantic would coerce "3" or true into an int there)."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        for f in dataclasses.fields(tp):
+            if f.init:
+                yield from _loose_keys(hints[f.name], f"{key}{f.name}.")
+    elif typing.get_origin(tp) is typing.Annotated and typing.get_args(tp)[0] in (int, str, bool, float):
+        if not any(isinstance(m, Strict) for m in typing.get_args(tp)[1:]):
+            yield key.rstrip(".")
+    elif tp in (int, str, bool, float):
+        yield key.rstrip(".")
+    elif typing.get_origin(tp) is typing.Annotated:
+        yield from _loose_keys(typing.get_args(tp)[0], key)
+    else:
+        for arg in typing.get_args(tp):
+            yield from _loose_keys(arg, key)
+
+
+def test_every_scalar_key_is_strict():
+    # A key added as plain int / str / bool / float would accept `true` for 1 or "3" for 3: use Int, Str, Bool, Number.
+    assert sorted(set(_loose_keys(Config, ""))) == []

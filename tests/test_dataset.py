@@ -75,21 +75,51 @@ def test_bad_dataset_settings_fail_naming_the_key(keys, message):
 # ------------------------------------------------------------------------------------ offline sources
 
 
-def test_theoremqa_is_the_test_split_with_the_theorem_and_the_bare_answer():
+def test_theoremqa_appends_the_theorems_definition_joined_by_name():
     records = sources.load_source_records("theoremqa", cfg_with(max_rows_per_source=None).dataset)
-    assert len(records) == 800
-    out = formats.format_source("theoremqa", records[:1], OPTIONS)
-    assert out.rows[0]["instruction"] == ("How many ways are there to divide a set of 8 elements into 5 non-empty "
-                                          "ordered subsets?\nRelevant Theorem: lah number")
-    assert out.rows[0]["output"] == "11760" and out.rows[0]["input"] == ""
-    # The Hub's test.csv carries the theorem's definition, which the original used.
-    with_def = dict(records[0], theorem_def="The Lah number L(n, k) counts ...")
-    assert formats.format_theoremqa(with_def)[0].endswith("Relevant Theorem: The Lah number L(n, k) counts ...")
+    assert len(records) == 800 and all(r["theorem_def"] for r in records)
+    row = formats.format_source("theoremqa", records[:1], OPTIONS).rows[0]
+    question = "How many ways are there to divide a set of 8 elements into 5 non-empty ordered subsets?"
+    assert row["instruction"].startswith(f"{question}\nRelevant Theorem: In combinatorics, Lah numbers are ")
+    assert len(row["instruction"]) > 1000 and (row["input"], row["output"]) == ("", "11760")
+    names = formats.format_source("theoremqa", records[:1], formats.FormatOptions(theoremqa_theorem="name")).rows
+    assert names[0]["instruction"] == f"{question}\nRelevant Theorem: lah number"
+
+
+def test_theoremqa_revisions_differ_in_one_answer_and_step_02_reads_the_same_revision():
+    from platypus_nb.contamination import load_test_set
+
+    for revision, answer in (("paper_2023", "False"), ("current", "1.5")):
+        records = sources.load_source_records("theoremqa", cfg_with(max_rows_per_source=None,
+                                                                    source_revision=revision).dataset)
+        row = next(r for r in records if r["id"] == "elainewan/math_real_analysis_additional_4.json")
+        assert str(row["Answer"]) == answer
+        item = next(i for i in load_test_set("theoremqa_test", source_revision=revision)
+                    if i.test_id.endswith("math_real_analysis_additional_4.json"))
+        assert item.answer == answer and item.text == row["Question"]
+
+
+def test_a_local_copy_of_theoremqa_is_joined_too_and_an_unknown_theorem_names_its_row(tmp_path):
+    hub_copy = tmp_path / "test.csv"
+    hub_copy.write_text("Question,Answer,theorem,id\nWhat is 2+2?,4,Lah Number,a\nWhat is x?,1,no such theorem,b\n")
+    cfg = cfg_with(source_files={"theoremqa": str(hub_copy)})
+    with pytest.raises(sources.SourceUnavailableError,
+                       match=r"source 'theoremqa' row 1 \(.*test\.csv, id 'b'\): theorem 'no such theorem' has no "
+                             r"definition in data/theoremqa_all_theorems\.json\.gz"):
+        sources.load_source_records("theoremqa", cfg.dataset)
+    hub_copy.write_text("Question,Answer,theorem,theorem_def,id\nWhat is 2+2?,4,Lah Number,,a\n"
+                        "What is x?,1,no such theorem,Its own definition.,b\n")
+    records = sources.load_source_records("theoremqa", cfg.dataset)
+    assert records[0]["theorem_def"].startswith("In combinatorics, Lah numbers")  # joined by name, case-insensitive
+    assert records[1]["theorem_def"] == "Its own definition."  # the Hub CSV's own column is kept
 
 
 def test_scibench_reads_every_book_and_its_solutions_file_preferring_worked_solutions():
     records = sources.load_source_records("scibench", cfg_with(max_rows_per_source=None).dataset)
-    assert len(records) == 580 + 112
+    assert len(records) == 695  # the 2023-07-21 revision the original cloned
+    current = sources.load_source_records("scibench", cfg_with(max_rows_per_source=None,
+                                                               source_revision="current").dataset)
+    assert len(current) == 580 + 112
     solved = next(r for r in records if r["_file"] == "atkins_sol.json")
     assert formats.format_scibench(solved)[2] == solved["solution"]
     unsolved = next(r for r in records if r["_file"] == "atkins.json")
@@ -233,18 +263,40 @@ def test_keyword_matching_reproduces_each_scripts_case_rules():
 def test_rows_without_instruction_or_output_are_dropped():
     rows = [make_row("scibench", 0, "scibench", "Q", "", "A"), make_row("scibench", 1, "scibench", None, "", "A"),
             make_row("scibench", 2, "scibench", "Q2", "", "  ")]
-    kept, removed = filters.drop_incomplete(rows)
+    kept, removed = filters.drop_incomplete(rows, as_original=False)
     assert [r["row_id"] for r in kept] == ["scibench:0"]
     assert [r["reason"] for r in removed] == ["missing_instruction", "missing_output"]
+
+
+def test_the_original_keeps_arbs_empty_mcat_output_and_drops_only_none():
+    one_sentence = {"_library": "mcatScience", "Problem Statement": "Which organelle makes ATP?",
+                    "Answer Candidates": ["Ribosome", "Mitochondrion", "Golgi body", "Lysosome"],
+                    "Solution": "Choice B is correct.", "Final Answer": "B"}
+    row = formats.format_source("arb", [one_sentence], OPTIONS).rows[0]
+    assert row["output"] == ""  # the first sentence is stripped, nothing is left
+    none = make_row("scibench", 1, "scibench", None, "", "A")
+    kept, removed = filters.drop_incomplete([row, none])
+    assert kept == [row] and [r["row_id"] for r in removed] == ["scibench:1"]
+    assert filters.drop_incomplete([row, none], as_original=False)[0] == []
 
 
 def test_exact_dedup_keeps_the_longest_output_in_the_first_place():
     rows = [make_row("s", 0, "s", "Q", "", "short"), make_row("s", 1, "s", "Other", "", "x"),
             make_row("s", 2, "s", "Q", "", "a longer one"), make_row("s", 3, "s", "Q", "", "same length!"),
             make_row("s", 4, "s", "Q", "ctx", "different input is a different row")]
+    for as_original in (True, False):
+        kept, removed = filters.exact_dedup(rows, as_original)
+        assert [r["row_id"] for r in kept] == ["s:2", "s:1", "s:4"]
+        assert {r["row_id"]: r["duplicate_of"] for r in removed} == {"s:0": "s:2", "s:3": "s:2"}  # ties: earlier
+
+
+def test_the_originals_string_key_merges_rows_the_pair_keeps_apart():
+    rows = [make_row("s", 0, "s", "a-b", "", "x"), make_row("s", 1, "s", "a", "b-", "longer"),
+            make_row("s", 2, "s", "Q", None, "y"), make_row("s", 3, "s", "Q", "None", "z")]
     kept, removed = filters.exact_dedup(rows)
-    assert [r["row_id"] for r in kept] == ["s:2", "s:1", "s:4"]
-    assert {r["row_id"]: r["duplicate_of"] for r in removed} == {"s:0": "s:2", "s:3": "s:2"}  # ties keep the earlier
+    assert [r["row_id"] for r in kept] == ["s:1", "s:2"]
+    assert {r["row_id"]: r["duplicate_of"] for r in removed} == {"s:0": "s:1", "s:3": "s:2"}
+    assert filters.exact_dedup(rows, key_as_original=False)[1] == []
 
 
 def test_shuffled_order_is_seeded():
@@ -295,6 +347,39 @@ def test_blocked_search_keeps_exactly_what_the_original_loop_keeps(block_size, b
             assert result.similarity[i] > np.float32(threshold)
 
 
+def pairs_at_the_threshold(threshold, n_pairs=100, dim=384, seed=5):
+    """Rows u1, v1, u2, v2, ... (float32) with cos(ui, vi) within 2e-7 of the threshold and unrelated pairs far apart.
+
+    float32 arithmetic rounds similarities by about that much, so its decisions on these pairs are a coin toss.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_pairs):
+        u, w = rng.normal(size=(2, dim))
+        u /= np.linalg.norm(u)
+        w -= (w @ u) * u
+        w /= np.linalg.norm(w)
+        c = threshold + rng.uniform(-2e-7, 2e-7)
+        rows += [u, c * u + np.sqrt(1 - c * c) * w]
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.8])
+@pytest.mark.parametrize("block_size, backend", [(1, "numpy"), (1024, "numpy"), pytest.param(1, "faiss", marks=(
+    pytest.mark.skipif(not dedup.faiss_available(), reason="faiss-cpu is not installed")))])
+def test_pairs_at_the_threshold_are_decided_as_the_original_loop_decides_them_exactly(threshold, block_size, backend):
+    emb = pairs_at_the_threshold(threshold)
+    # The original loop on float64 copies: sklearn's cosine in float64, compared with the float threshold.
+    reference = dedup.greedy_near_duplicates_original(emb.astype(np.float64), threshold)
+    exact = dedup.exact_cosine(emb[0::2], emb[1::2]).diagonal()
+    assert 0 < (exact > threshold).sum() < len(exact)  # both sides of the threshold occur
+    result = dedup.greedy_near_duplicates(emb, threshold, block_size, backend)
+    np.testing.assert_array_equal(result.kept_indices, reference)
+    # Deciding these pairs in float32 alone (block_size 1: queries x kept; 1024: in-block) gets some wrong.
+    float32_only = dedup.greedy_near_duplicates(emb, threshold, block_size, backend, exact_margin=0.0)
+    assert not np.array_equal(float32_only.kept_indices, reference)
+
+
 def test_near_dedup_needs_unit_vectors():
     with pytest.raises(ValueError, match="row 1 has norm 2.0000"):
         dedup.greedy_near_duplicates(np.asarray([[1, 0], [2, 0]], dtype=np.float32), 0.8)
@@ -342,7 +427,8 @@ def test_a_hub_only_source_without_the_hub_fails_with_its_name_and_what_to_do(mo
 
 def test_a_missing_vendored_file_fails_with_the_source_and_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr("platypus_nb.assets.DATA_DIR", tmp_path)
-    with pytest.raises(sources.SourceUnavailableError, match=r"source 'theoremqa': data file .*theoremqa_test"):
+    with pytest.raises(sources.SourceUnavailableError,
+                       match=r"source 'theoremqa': data file .*theoremqa_test_2023-07-26\.json\.gz is missing"):
         sources.load_source_records("theoremqa", cfg_with().dataset)
 
 
@@ -407,6 +493,7 @@ def test_a_build_of_all_sources_writes_consistent_outputs(tmp_path):
     assert int(table["prm800k"]["after_format"]) == 2  # two PRM800K solutions went into MATH rows
     card = paths["README.md"].read_text()
     assert "CC BY-NC-SA 4.0" in card and "at or below **0.8**" in card
+    assert "at their `paper_2023` revisions" in card and "with `fact1` as input" in card  # OpenBookQA's departure
     assert json.loads(paths["summary.json"].read_text())["rows"] == len(training)
     again = dataset.remove_near_duplicates(build, cfg, progress=False)
     assert again.stats["texts_embedded"] == 0  # every text is in the cache now
@@ -426,3 +513,18 @@ def test_the_notebook_builds_the_tiny_dataset(tmp_path):
         "01_dataset_composition.png", "01_dataset_lengths.png", "01_near_duplicate_similarity.png"]
     composition = {r["source"]: r for r in csv.DictReader((out / "composition.csv").open())}
     assert int(composition["total"]["loaded"]) == 60
+
+
+def test_the_before_and_after_comparison_builds_both_and_counts_per_source():
+    cfg = cfg_with(sources=["scibench", "theoremqa"], max_rows_per_source=12)
+    before_cfg = dataset.before_config(cfg)
+    assert (before_cfg.dataset.source_revision, before_cfg.dataset.theoremqa_theorem) == ("current", "name")
+    assert not before_cfg.dataset.incomplete_as_original and not before_cfg.dataset.exact_dedup_key_as_original
+    after = dataset.build_dataset(cfg, progress=False)
+    table = dataset.revision_comparison(cfg, after).set_index("source")
+    assert list(table.index) == ["scibench", "theoremqa", "total"]
+    assert table.loc["theoremqa", "loaded_after"] == table.loc["theoremqa", "loaded_before"] == 12
+    assert table.loc["theoremqa", "kept_after"] == len([r for r in after.rows if r["source"] == "theoremqa"])
+    for side in ("before", "after"):
+        assert table.loc["total", f"kept_{side}"] == table.loc[["scibench", "theoremqa"], f"kept_{side}"].sum()
+        assert (table[f"kept_at_0.7_{side}"] <= table[f"exact_dedup_{side}"]).all()

@@ -172,7 +172,7 @@ def test_bad_training_files_fail_before_training(tmp_path, tiny_llama_dir):
         train_lora(broken, RECIPE, str(tiny_llama_dir), tmp_path / "out", 0)
     no_output = tmp_path / "no_output.jsonl"
     no_output.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "input": ""}\n')
-    with pytest.raises(TrainingDataError, match="line 2: expected a non-empty string 'output'"):
+    with pytest.raises(TrainingDataError, match="line 2: missing key 'output'"):
         train_lora(no_output, RECIPE, str(tiny_llama_dir), tmp_path / "out", 0)
     with pytest.raises(TrainingDataError, match="does not exist"):
         train_lora(tmp_path / "missing.jsonl", RECIPE, str(tiny_llama_dir), tmp_path / "out", 0)

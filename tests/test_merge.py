@@ -418,6 +418,12 @@ def test_notebook_merges_platypus_and_both_built_partners_and_lists_them_for_ste
     # The merge went into the partner, which itself is the base plus the partner's own adapter.
     record = json.loads((out / "general-partner-platypus" / "merge_config.json").read_text())
     assert record["model"]["path"] == models[2]["path"] and record["model_provenance"]["method"] == "lora_linear"
+    # Every merged model carries a Hugging Face card naming its base, the dataset and the recipe.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "general-partner-platypus" / "README.md")
+    assert card.data.base_model == str(tiny_llama_dir) and card.data.datasets == ["garage-bAInd/Open-Platypus"]
+    assert "the partner general-partner" in card.text and "| `learning_rate` | 0.001 |" in card.text
 
     overlap = pd.read_csv(out / "overlap.csv")
     assert list(overlap["partner"]) == ["general-partner", "medical-partner"]

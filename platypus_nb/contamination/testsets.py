@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import TEST_SETS, EvalSetConfig, resolve_path
+from platypus_nb.dataset.sources import theoremqa_test_records
 from platypus_nb.io import open_text, read_jsonl, sha256_text
 
 
@@ -48,25 +49,17 @@ def training_text_hash(row: dict[str, Any]) -> str:
 
 
 def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read the training JSONL, checking every row before any work starts.
+    """Read the training JSONL, checking every row before any work starts (the schema and reader step 03 uses too,
+    :mod:`platypus_nb.contracts`).
 
-    A row needs string ``instruction`` (non-empty) and ``output``; ``input`` and ``data_source`` are optional strings
+    A row needs non-empty string ``instruction`` and ``output``; ``input`` and ``data_source`` are optional strings
     (a missing or null input is empty, a missing or null data_source is reported as ``"(none)"``). A bad row raises
     ValueError naming the file and its 1-based line number. Rows are returned unchanged, so the clean file keeps
     every field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training file {path} does not exist (expected the JSONL written by step 01, "
-                                f"or pass train_path)")
-    rows = read_jsonl(path)
-    for lineno, row in zip(_nonblank_line_numbers(path), rows):
-        problem = _training_row_problem(row)
-        if problem:
-            raise ValueError(f"{path}: line {lineno}: {problem}")
-    if not rows:
-        raise ValueError(f"{path}: no training rows (expected JSONL rows with instruction, input, output)")
-    return rows
+    from platypus_nb.contracts import read_training_rows
+
+    return read_training_rows(path)
 
 
 def _nonblank_line_numbers(path: Path) -> list[int]:
@@ -150,29 +143,25 @@ def _math_test() -> list[TestItem]:
     return items
 
 
-def _theoremqa_test() -> list[TestItem]:
-    with open_text(data_file("theoremqa_test.json.gz")) as f:
-        rows = json.load(f)
+def _theoremqa_test(source_revision: str = "paper_2023") -> list[TestItem]:
+    # The revision step 01 trained on (dataset.source_revision), read by step 01's own loader.
     return [TestItem("theoremqa_test", f"theoremqa_test:{row['id']}", row["Question"], str(row["Answer"]))
-            for row in rows]
+            for row in theoremqa_test_records(source_revision)]
 
 
-TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = {
-    "arc_challenge": _arc_challenge,
-    "hellaswag": _hellaswag,
-    "mmlu": _mmlu,
-    "truthfulqa": _truthfulqa,
-    "math_test": _math_test,
-    "theoremqa_test": _theoremqa_test,
-}
-assert tuple(TEST_SET_LOADERS) == TEST_SETS
+# In the order of config.TEST_SETS, which owns the names.
+TEST_SET_LOADERS: dict[str, Callable[[], list[TestItem]]] = dict(zip(TEST_SETS, (
+    _arc_challenge, _hellaswag, _mmlu, _truthfulqa, _math_test, _theoremqa_test), strict=True))
 
 
-def load_test_set(name: str, max_items: Optional[int] = None) -> list[TestItem]:
-    """One vendored test set, in file order (the first ``max_items`` if given)."""
+def load_test_set(name: str, max_items: Optional[int] = None, source_revision: str = "paper_2023") -> list[TestItem]:
+    """One vendored test set, in file order (the first ``max_items`` if given).
+
+    ``source_revision`` (``dataset.source_revision``) picks TheoremQA's revision; the other sets have one.
+    """
     if name not in TEST_SET_LOADERS:
         raise ValueError(f"unknown test set {name!r} (known test sets: {', '.join(TEST_SET_LOADERS)})")
-    items = TEST_SET_LOADERS[name]()
+    items = _theoremqa_test(source_revision) if name == "theoremqa_test" else TEST_SET_LOADERS[name]()
     return items[:max_items] if max_items else items
 
 
@@ -198,11 +187,12 @@ def load_eval_set(spec: EvalSetConfig, max_items: Optional[int] = None) -> list[
 
 
 def load_test_items(benchmarks: Sequence[str], eval_splits: Sequence[str] = (),
-                    extra_eval_sets: Sequence[EvalSetConfig] = (), max_items: Optional[int] = None) -> list[TestItem]:
+                    extra_eval_sets: Sequence[EvalSetConfig] = (), max_items: Optional[int] = None,
+                    source_revision: str = "paper_2023") -> list[TestItem]:
     """Every test item compared, set after set: benchmarks, then evaluation splits, then the user's sets."""
     items: list[TestItem] = []
     for name in [*benchmarks, *eval_splits]:
-        items.extend(load_test_set(name, max_items))
+        items.extend(load_test_set(name, max_items, source_revision))
     for spec in extra_eval_sets:
         items.extend(load_eval_set(spec, max_items))
     return items

@@ -1,9 +1,9 @@
 """Rebuilding Open-Platypus step by step, and writing what each step kept and removed.
 
-The steps follow the original pipeline (``data_pipeline/`` at dc90c1a): format every source, keep STEM/logic
-questions by keyword where the original did, drop rows without an instruction or output, remove exact duplicates
-keeping the longest output, then near-duplicates with all-MiniLM-L6-v2. A :class:`DatasetBuild` carries the rows
-and every removal so far; each step returns a new one, so a notebook can show the dataset after every step.
+The steps follow the original pipeline (``data_pipeline/`` at dc90c1a; docs/dataset.md): format every source, keep
+STEM/logic questions by keyword where the original did, drop rows without an instruction or output, remove exact
+duplicates keeping the longest output, then near-duplicates with all-MiniLM-L6-v2. A :class:`DatasetBuild` carries
+the rows and every removal so far; each step returns a new one, so a notebook can show the dataset after every step.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class DatasetBuild:
     # Filled by remove_near_duplicates: the vectors of the rows it compared, and the greedy result over them.
     embeddings: Optional[np.ndarray] = None
     near: Optional[dedup.NearDuplicates] = None
+    # The source of each row the near-duplicate pass compared, aligned with ``embeddings``.
+    compared_sources: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
     def step(self, name: str, kept: list[dict[str, Any]], removed: list[dict[str, Any]], **changes: Any):
@@ -57,7 +59,8 @@ def load_sources(cfg: Config) -> dict[str, list[Any]]:
 def format_sources(raw: dict[str, list[Any]], cfg: Config) -> DatasetBuild:
     """Every source through its formatter, in the configured order (PRM800K feeds MATH's solutions)."""
     options = formats.FormatOptions(seed=cfg.run.seed, on_bad_row=cfg.dataset.on_bad_row,
-                                    math_unwrap_boxed=cfg.dataset.math_unwrap_boxed)
+                                    math_unwrap_boxed=cfg.dataset.math_unwrap_boxed,
+                                    theoremqa_theorem=cfg.dataset.theoremqa_theorem)
     prm, removed = None, []
     if "prm800k" in raw:
         prm, removed = formats.prm800k_solutions(raw["prm800k"], options)
@@ -96,18 +99,19 @@ def apply_keyword_filter(build: DatasetBuild, cfg: Config) -> DatasetBuild:
     return build.step("keyword_filter", *filters.keyword_filter(build.rows, keywords))
 
 
-def drop_incomplete_rows(build: DatasetBuild) -> DatasetBuild:
+def drop_incomplete_rows(build: DatasetBuild, cfg: Config) -> DatasetBuild:
+    """Rows without an instruction or output go (only None, or blank strings too: ``incomplete_as_original``)."""
     if build.from_release:
         return build
-    return build.step("incomplete", *filters.drop_incomplete(build.rows))
+    return build.step("incomplete", *filters.drop_incomplete(build.rows, cfg.dataset.incomplete_as_original))
 
 
 def remove_exact_duplicates(build: DatasetBuild, cfg: Config) -> DatasetBuild:
-    """Put the rows in the configured order (sources, or seeded shuffle), then one row per (instruction, input)."""
+    """Put the rows in the configured order (sources, or seeded shuffle), then one row per instruction and input."""
     if build.from_release:
         return build
     ordered = filters.order_rows(build.rows, cfg.dataset.order, cfg.run.seed)
-    return build.step("exact_dedup", *filters.exact_dedup(ordered))
+    return build.step("exact_dedup", *filters.exact_dedup(ordered, cfg.dataset.exact_dedup_key_as_original))
 
 
 def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[EmbeddingCache] = None,
@@ -135,14 +139,15 @@ def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[Emb
     stats = dict(build.stats, texts=len(texts), texts_embedded=to_embed, embed_seconds=round(embed_seconds, 3),
                  dedup_backend=backend, dedup_seconds=round(dedup_seconds, 3),
                  dedup_threshold=cfg.dataset.dedup_threshold)
-    return build.step("near_dedup", kept, removed, embeddings=embeddings, near=near, stats=stats)
+    return build.step("near_dedup", kept, removed, embeddings=embeddings, near=near, stats=stats,
+                      compared_sources=[row["source"] for row in build.rows])
 
 
 def build_dataset(cfg: Config, cache: Optional[EmbeddingCache] = None, progress: bool = True) -> DatasetBuild:
     """Every step in order: what the notebook does, in one call."""
     build = start_build(cfg)
     build = apply_keyword_filter(build, cfg)
-    build = drop_incomplete_rows(build)
+    build = drop_incomplete_rows(build, cfg)
     build = remove_exact_duplicates(build, cfg)
     return remove_near_duplicates(build, cfg, cache=cache, progress=progress)
 
@@ -256,9 +261,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def build_summary(build: DatasetBuild, cfg: Config, sha256: str) -> dict[str, Any]:
     return {"rows": len(build.rows), "rows_per_data_source": dict(Counter(r["data_source"] for r in build.rows)),
-            "rows_per_source": dict(Counter(r["source"] for r in build.rows)), "removed": len(build.removed), "from_release": build.from_release,
+            "rows_per_source": dict(Counter(r["source"] for r in build.rows)), "removed": len(build.removed),
+            "from_release": build.from_release,
             "release_revision": cfg.dataset.release_revision if build.from_release else None,
             "sources": list(build.loaded), "dedup_threshold": cfg.dataset.dedup_threshold,
+            "source_revision": cfg.dataset.source_revision, "theoremqa_theorem": cfg.dataset.theoremqa_theorem,
             "order": cfg.dataset.order, "seed": cfg.run.seed, "embedding_model": cfg.embeddings.model,
             "open_platypus_sha256": sha256, "stats": build.stats}
 
@@ -266,6 +273,10 @@ def build_summary(build: DatasetBuild, cfg: Config, sha256: str) -> dict[str, An
 def dataset_card(build: DatasetBuild, cfg: Config, table: pd.DataFrame, summary: dict[str, Any]) -> str:
     """A README.md next to the data: what it is, where each part came from, its licences, what was removed."""
     d = cfg.dataset
+    revision = "the ones the 2023 build read" if d.source_revision == "paper_2023" else "edited since the 2023 build"
+    incomplete = "only None dropped, as the original" if d.incomplete_as_original else "None and blank strings dropped"
+    exact_key = ('the original\'s string f"{instruction}-{input}"' if d.exact_dedup_key_as_original
+                 else "the (instruction, input) pair")
     lines = ["# Open-Platypus (platypus-nb build)", ""]
     if build.from_release:
         lines += [f"The released `garage-bAInd/Open-Platypus` at revision `{d.release_revision}`, unchanged "
@@ -280,7 +291,15 @@ def dataset_card(build: DatasetBuild, cfg: Config, table: pd.DataFrame, summary:
             "duplicates of (instruction, input) removed keeping the longest output; near-duplicates removed with "
             f"all-MiniLM-L6-v2 (`{cfg.embeddings.model}`): a row is kept when its cosine similarity to every row "
             f"kept before it is at or below **{d.dedup_threshold}** (the card says \"above 80%\" was removed; the "
-            f"original notebook's code used 0.7). Row order: `{d.order}` (seed {cfg.run.seed}).", ""]
+            f"original notebook's code used 0.7). Row order: `{d.order}` (seed {cfg.run.seed}).", "",
+            f"Inputs: SciBench and TheoremQA at their `{d.source_revision}` revisions ({revision}); TheoremQA "
+            f"instructions end with the theorem's {d.theoremqa_theorem}. Incomplete rows: {incomplete}; exact "
+            f"duplicates keyed on {exact_key}. platypus-nb's docs/dataset.md lists each departure from the original "
+            "and the key that decides it.", ""]
+    if "openbookqa" in build.loaded:
+        lines += ["OpenBookQA departs from the original: these are the 500 validation rows with an empty input; the "
+                  "original read train, test and validation of the `additional` configuration with `fact1` as input.",
+                  ""]
     lines += ["## Composition", "", "| source | data_source | licence | loaded | kept |", "|---|---|---|---:|---:|"]
     for _, r in table.iterrows():
         if r["source"] == "total":

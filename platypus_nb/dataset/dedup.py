@@ -9,10 +9,15 @@ only with kept rows (a row removed as a duplicate removes nothing else). It call
 with everything kept before it in one matrix product (or one FAISS inner-product search), then the greedy rule
 is resolved inside the block, where only rows with an in-block conflict need a Python step. Memory is
 O(n x block), never n x n. :func:`greedy_near_duplicates_original` is the original loop, kept as the reference the
-tests and the benchmark compare against.
+tests and the benchmark compare against. docs/dataset.md ("Filters and deduplication") records the facts.
 
-Similarities are float32 (the embeddings' dtype) and the threshold is compared in float32 too, so "at or below"
-means the same in every path; a similarity exactly equal to the threshold is kept, as ``<=`` in the original.
+Similarities are computed in float32 (the embeddings' dtype). float32 rounding moves a 384-dimensional similarity
+by up to about 1e-6, and in an order that depends on the BLAS routine, so a pair that close to the threshold could
+be decided differently by two float32 paths. Every pair within ``EXACT_MARGIN`` (1e-5) of the threshold is
+therefore decided again in float64, as the cosine of the two float32 vectors (exact to about 1e-15), and compared
+with the threshold as a float64 number, which is how the original's ``np.max(...) <= 0.7`` compared under NumPy 1
+in 2023. A similarity equal to the threshold is kept, as ``<=`` in the original. The reference loop given float64
+embeddings makes the same decisions, which is what the tests check on rows built to sit at the threshold.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+# Pairs whose float32 similarity is this close to the threshold are decided in float64.
+EXACT_MARGIN = 1e-5
 
 
 @dataclass
@@ -94,12 +102,16 @@ def choose_backend(backend: str, n: int, faiss_min_rows: int) -> str:
 
 
 def greedy_near_duplicates(embeddings: np.ndarray, threshold: float, block_size: int = 1024,
-                           backend: str = "numpy") -> NearDuplicates:
-    """Keep row i iff cos(i, j) <= threshold for every row j < i already kept; rows are unit vectors."""
+                           backend: str = "numpy", exact_margin: float = EXACT_MARGIN) -> NearDuplicates:
+    """Keep row i iff cos(i, j) <= threshold for every row j < i already kept; rows are unit vectors.
+
+    Pairs within ``exact_margin`` of the threshold are decided in float64 (module docstring); 0 decides every pair
+    in float32.
+    """
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     check_unit_rows(emb)
     n = len(emb)
-    t = np.float32(threshold)
+    t = float(threshold)
     kept = np.zeros(n, dtype=bool)
     nearest = np.full(n, -1, dtype=np.int64)
     similarity = np.full(n, -np.inf, dtype=np.float32)
@@ -111,21 +123,37 @@ def greedy_near_duplicates(embeddings: np.ndarray, threshold: float, block_size:
         stop = start + len(block)
         if search.size:
             nearest[start:stop], similarity[start:stop] = search.best(block)
-        block_kept = _resolve_block(block, similarity[start:stop] <= t, t)
+        candidates = similarity[start:stop] <= t
+        for r in np.flatnonzero(np.abs(similarity[start:stop] - t) < exact_margin):
+            # The best float32 match is too close to call: compare in float64 with every row kept so far.
+            candidates[r] = exact_cosine(block[r:r + 1], emb[:start][kept[:start]]).max() <= t
+        block_kept = _resolve_block(block, candidates, t, exact_margin)
         _nearest_in_block(block, block_kept, start, nearest, similarity)
         kept[start:stop] = block_kept
         search.add(block[block_kept], np.flatnonzero(block_kept) + start)
     return NearDuplicates(kept, nearest, similarity)
 
 
-def _resolve_block(block: np.ndarray, candidates: np.ndarray, t: np.float32) -> np.ndarray:
+def exact_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarities of the rows of ``a`` and ``b`` in float64: a product of two float32 numbers is exact in
+    float64, so this is the similarity of the vectors as stored, to about 1e-15."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a64 = a64 / np.linalg.norm(a64, axis=1, keepdims=True)
+    b64 = b64 / np.linalg.norm(b64, axis=1, keepdims=True)
+    return a64 @ b64.T
+
+
+def _resolve_block(block: np.ndarray, candidates: np.ndarray, t: float, exact_margin: float) -> np.ndarray:
     """The greedy rule inside one block, for rows that no earlier block's kept row already rules out.
 
     Only a kept row removes later rows, so it suffices to walk, in order, the candidates that conflict with a
     later candidate: each that is still standing is kept and removes the later candidates it conflicts with.
     """
     keep = candidates.copy()
-    conflicts = np.triu((block @ block.T) > t, k=1)
+    sims = block @ block.T
+    conflicts = np.triu(sims > t, k=1)
+    for i, j in zip(*np.nonzero(np.triu(np.abs(sims - t) < exact_margin, k=1))):
+        conflicts[i, j] = exact_cosine(block[i:i + 1], block[j:j + 1])[0, 0] > t
     conflicts &= candidates[:, None] & candidates[None, :]
     for i in np.flatnonzero(conflicts.any(axis=1)):
         if keep[i]:
@@ -155,15 +183,16 @@ def greedy_near_duplicates_original(embeddings: np.ndarray, threshold: float) ->
 
     Returns the kept row indices. As in ``data_similarity.ipynb``: the first row is kept; every later row is
     compared with ``sklearn.metrics.pairwise.cosine_similarity`` against the list of kept embeddings and kept when
-    the maximum is ``<= threshold``.
+    the maximum is ``<= threshold``, a Python float (compared in float64, as NumPy 1 did in 2023). The similarities
+    are computed in the embeddings' dtype: pass float64 embeddings for the exact decisions near the threshold.
     """
     from sklearn.metrics.pairwise import cosine_similarity
 
-    t = np.float32(threshold)
+    t = float(threshold)
     kept_indices: list[int] = []
     kept_embeddings: list[np.ndarray] = []
     for i, vector in enumerate(embeddings):
-        if not kept_indices or np.max(cosine_similarity([vector], kept_embeddings)) <= t:
+        if not kept_indices or float(np.max(cosine_similarity([vector], kept_embeddings))) <= t:
             kept_indices.append(i)
             kept_embeddings.append(vector)
     return np.asarray(kept_indices, dtype=np.int64)

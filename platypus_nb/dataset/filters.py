@@ -1,6 +1,7 @@
 """The filters between formatting and near-duplicate removal: keywords, incomplete rows, exact duplicates.
 
 Each takes rows and returns ``(kept rows, removals)``; nothing is mutated, so a notebook can show every step.
+What the original did at each, and the keys that depart from it: docs/dataset.md ("Filters and deduplication").
 """
 
 from __future__ import annotations
@@ -64,15 +65,17 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def drop_incomplete(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def drop_incomplete(rows: list[dict[str, Any]], as_original: bool = True) -> tuple[list[dict], list[dict]]:
     """merged_largest_keep.py: rows without an instruction or an output go.
 
-    The original dropped only ``None``; an empty or blank string is dropped here too, as a row without text
-    teaches nothing (no formatter of the original produces one, so the counts do not change).
+    The original dropped only ``None`` and kept empty strings, which one original formatter does produce: ARB's
+    MCAT rows whose solution is a single sentence lose it as "the first sentence" and keep an empty output.
+    ``as_original=False`` (``dataset.incomplete_as_original``) drops empty or blank strings too.
     """
+    missing_if = (lambda v: v is None) if as_original else _blank
     kept, removed = [], []
     for row in rows:
-        missing = [k for k in ("instruction", "output") if _blank(row[k])]
+        missing = [k for k in ("instruction", "output") if missing_if(row[k])]
         if missing:
             removed.append(removal(row["row_id"], row["source"], "incomplete", "missing_" + "_and_".join(missing),
                                    instruction=row["instruction"]))
@@ -90,18 +93,26 @@ def order_rows(rows: list[dict[str, Any]], order: str, seed: int) -> list[dict[s
     return shuffled
 
 
-def exact_dedup(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """merged_largest_keep.py: one row per (instruction, input), the one with the longest output.
+def exact_key(row: dict[str, Any], as_original: bool = True) -> Any:
+    """The key of an exact duplicate: merged_largest_keep.py's string ``f"{instruction}-{input}"``, or the pair.
+
+    The string merges rows the pair keeps apart: ("a-b", "") and ("a", "b-"), an input ``None`` and ``"None"``.
+    """
+    return f"{row['instruction']}-{row['input']}" if as_original else (row["instruction"], row["input"])
+
+
+def exact_dedup(rows: list[dict[str, Any]], key_as_original: bool = True) -> tuple[list[dict], list[dict]]:
+    """merged_largest_keep.py: one row per key (:func:`exact_key`), the one with the longest output.
 
     The survivor takes the place of the first occurrence (the original's dict kept insertion order); on equal
-    lengths the earlier row stays. The original keyed on ``f"{instruction}-{input}"``; a tuple key is the same
-    except that it cannot confuse ("a-", "b") with ("a", "-b").
+    lengths the earlier row stays. ``key_as_original=False`` (``dataset.exact_dedup_key_as_original``) keys on the
+    (instruction, input) pair instead of the original's joined string.
     """
-    position: dict[tuple[Any, Any], int] = {}
+    position: dict[Any, int] = {}
     kept: list[dict[str, Any]] = []
-    losers: list[tuple[dict[str, Any], tuple[Any, Any]]] = []
+    losers: list[tuple[dict[str, Any], Any]] = []
     for row in rows:
-        key = (row["instruction"], row["input"])
+        key = exact_key(row, key_as_original)
         k = position.get(key)
         if k is None:
             position[key] = len(kept)
@@ -115,4 +126,3 @@ def exact_dedup(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
                        duplicate_of=kept[position[key]]["row_id"], similarity=1.0, instruction=row["instruction"])
                for row, key in losers]
     return kept, removed
-

@@ -1,9 +1,10 @@
 """One formatter per source: the source's real schema to ``{instruction, input, output}``, as the original did.
 
 Each follows the matching script of the original repository (``data_pipeline/*_format.py`` at dc90c1a); the facts
-carried over are cited in the docstrings. A record that does not fit its source's schema raises
-:class:`~platypus_nb.dataset.rows.BadRowError` naming the field and what was expected; the source's own selection
-rules (ScienceQA's skills, tigerbot's "python", PRM800K's solved-and-answered samples) drop records with a reason.
+carried over are written down in docs/dataset.md ("What each original formatter does") and cited in the
+docstrings. A record that does not fit its source's schema raises :class:`~platypus_nb.dataset.rows.BadRowError`
+naming the field and what was expected; the source's own selection rules (ScienceQA's skills, tigerbot's
+"python", PRM800K's solved-and-answered samples) drop records with a reason.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class FormatOptions:
     seed: int = 42
     on_bad_row: str = "skip"
     math_unwrap_boxed: bool = True
+    theoremqa_theorem: str = "definition"
 
 
 def get(record: Any, key: str, *types: type) -> Any:
@@ -78,17 +80,18 @@ def _letter(i: int) -> str:
 # ------------------------------------------------------------------------------------- one record at a time
 
 
-def format_theoremqa(record: Any) -> tuple[str, str, str]:
+def format_theoremqa(record: Any, theorem: str = "definition") -> tuple[str, str, str]:
     """theoremqa_format.py: ``"{Question}\\nRelevant Theorem: {theorem_def}"`` -> the bare Answer.
 
-    The Hub's test.csv has the theorem's definition (``theorem_def``); the vendored copy from the authors'
-    repository has only its name (``theorem``), which is used when there is no definition.
+    ``theorem_def`` is the definition the loader joined by theorem name (docs/dataset.md, "TheoremQA's theorem
+    definitions"); ``theorem="name"`` puts the theorem's name there instead (``dataset.theoremqa_theorem``). The
+    answer is written as the Hub CSV holds it: Python's ``str`` of the JSON value (``11760``, ``0.5``, ``True``,
+    ``[1, 2]``).
     """
     question = get(record, "Question", str)
-    definition = record.get("theorem_def")
-    theorem = definition if isinstance(definition, str) and definition else get(record, "theorem", str)
+    text = get(record, "theorem_def" if theorem == "definition" else "theorem", str)
     answer = get(record, "Answer", str, int, float, bool, list)
-    return f"{question}\nRelevant Theorem: {theorem}", "", answer if isinstance(answer, str) else str(answer)
+    return f"{question}\nRelevant Theorem: {text}", "", answer if isinstance(answer, str) else str(answer)
 
 
 def format_scibench(record: Any) -> tuple[Optional[str], str, Any]:
@@ -138,7 +141,8 @@ def format_guanaco(record: Any) -> tuple[str, str, str]:
 def format_arb(record: Any) -> tuple[str, str, str]:
     """duckai_format.py: math/physics Problem_Statement -> Solution; multiple choice with options "A. ..."
 
-    mcatReading and mcatScience drop the solution's first sentence; law answers with its "Final Answer".
+    mcatReading and mcatScience drop the solution's first sentence; law answers with its "Final Answer". A
+    one-sentence solution so becomes an empty output, which the original kept (``dataset.incomplete_as_original``).
     """
     library = get(record, "_library", str)
     if library in ("math", "physics"):
@@ -373,7 +377,6 @@ def format_math(records: list[Any], prm: Optional[list[PrmSolution]], options: F
 RECORD_FORMATTERS: dict[str, Callable[[Any], tuple[Any, Any, Any]]] = {
     "scibench": format_scibench,
     "reclor": format_reclor,
-    "theoremqa": format_theoremqa,
     "leetcode": format_leetcode,
     "airoboros": format_airoboros,
     "tigerbot": format_tigerbot,
@@ -393,6 +396,8 @@ def format_source(name: str, records: list[Any], options: FormatOptions,
     if name == "sciq":
         rng = random.Random(options.seed)
         return format_records(name, records, lambda r: format_sciq(r, rng), options)
+    if name == "theoremqa":
+        return format_records(name, records, lambda r: format_theoremqa(r, options.theoremqa_theorem), options)
     if name in RECORD_FORMATTERS:
         return format_records(name, records, RECORD_FORMATTERS[name], options)
     raise ValueError(f"no formatter for source {name!r} (prm800k is merged into math by format_math)")

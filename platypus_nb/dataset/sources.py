@@ -1,7 +1,9 @@
 """The Open-Platypus sources: where each one's rows come from (data/, a local file, the Hub) and nothing else.
 
 Five sources are vendored in ``data/`` and load offline: MATH test, SciBench, TheoremQA (the card's) and OpenBookQA,
-SciQ (optional extras). The others only exist on the Hugging Face Hub, on GitHub (PRM800K) or behind the ARB API,
+SciQ (optional extras). SciBench and TheoremQA come in two upstream revisions, the one the 2023 build read and the
+current one (``dataset.source_revision``); TheoremQA questions are joined with their theorem's definition by name
+(docs/dataset.md). The others only exist on the Hugging Face Hub, on GitHub (PRM800K) or behind the ARB API,
 so their loaders keep the original scripts' real download paths (``data_pipeline/*_format.py`` at dc90c1a); a user
 can also point ``dataset.source_files.<name>`` at a local copy in the source's real schema, which is how the tests
 feed them small fixtures. A source that cannot be loaded fails with its name and what to do, before any work.
@@ -39,30 +41,35 @@ class SourceInfo:
     offline: bool
 
 
-SOURCE_INFO: dict[str, SourceInfo] = {s.name: s for s in [
-    SourceInfo("prm800k", "MATH/PRM-800K", "MIT",
-               "openai/prm800k phase1+2 train+test JSONL on GitHub (convert_prm.py)", False),
-    SourceInfo("math", "MATH/PRM-800K", "MIT",
-               "MATH train (Hub: EleutherAI/hendrycks_math) + test (data/math_test.jsonl.gz) (update_MATH.py)", False),
-    SourceInfo("scienceqa", "scienceqa", "CC BY-NC-SA 4.0", "Hub: metaeval/ScienceQA_text_only, train", False),
-    SourceInfo("scibench", "scibench", "MIT", "data/scibench/ (mandyyyyii/scibench dataset/original)", True),
-    SourceInfo("reclor", "reclor", "Non-commercial", "Hub: metaeval/reclor, train", False),
-    SourceInfo("theoremqa", "theoremqa", "MIT", "data/theoremqa_test.json.gz (wenhu/TheoremQA test.csv)", True),
-    SourceInfo("leetcode", "leetcode_ne", "None listed", "Hub: nuprl/leetcode-solutions-python-testgen-gpt4, train",
-               False),
-    SourceInfo("airoboros", "airoboros", "other (Data Provenance: CC BY-NC 4.0 + OpenAI terms)",
-               "Hub: jondurbin/airoboros-gpt4-1.4.1, instructions.jsonl", False),
-    SourceInfo("tigerbot", "tigerbot-kaggle", "apache-2.0",
-               "Hub: TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k, train", False),
-    SourceInfo("arb", "ARB", "CC BY 4.0", "ARB API https://arb.duckai.org/api/lib (duckai_format.py)", False),
-    SourceInfo("guanaco", "guanaco", "apache-2.0", "Hub: timdettmers/openassistant-guanaco, train+test", False),
-    SourceInfo("openbookqa", "openbookqa", "apache-2.0", "data/openbookqa_validation.jsonl.gz", True),
-    SourceInfo("sciq", "sciq", "CC BY-NC 3.0", "data/sciq_validation.jsonl.gz", True),
-]}
-assert tuple(SOURCE_INFO) == DATASET_SOURCES
+# (data_source, licence, origin, offline) in the order of config.DATASET_SOURCES, which owns the names.
+SOURCE_INFO: dict[str, SourceInfo] = {name: SourceInfo(name, *facts) for name, facts in zip(DATASET_SOURCES, [
+    ("MATH/PRM-800K", "MIT", "openai/prm800k phase1+2 train+test JSONL on GitHub (convert_prm.py)", False),
+    ("MATH/PRM-800K", "MIT",
+     "MATH train (Hub: EleutherAI/hendrycks_math) + test (data/math_test.jsonl.gz) (update_MATH.py)", False),
+    ("scienceqa", "CC BY-NC-SA 4.0", "Hub: metaeval/ScienceQA_text_only, train", False),
+    ("scibench", "MIT", "data/scibench_2023-07-21/ (mandyyyyii/scibench dataset/original at 8dffce4; "
+     "source_revision current: data/scibench/, 2024)", True),
+    ("reclor", "Non-commercial", "Hub: metaeval/reclor, train", False),
+    ("theoremqa", "MIT", "data/theoremqa_test_2023-07-26.json.gz + theorem definitions from "
+     "data/theoremqa_all_theorems.json.gz (the Hub's wenhu/TheoremQA test.csv; source_revision current: "
+     "data/theoremqa_test.json.gz)", True),
+    ("leetcode_ne", "None listed", "Hub: nuprl/leetcode-solutions-python-testgen-gpt4, train", False),
+    ("airoboros", "other (Data Provenance: CC BY-NC 4.0 + OpenAI terms)",
+     "Hub: jondurbin/airoboros-gpt4-1.4.1, instructions.jsonl", False),
+    ("tigerbot-kaggle", "apache-2.0", "Hub: TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k, train", False),
+    ("ARB", "CC BY 4.0", "ARB API https://arb.duckai.org/api/lib (duckai_format.py)", False),
+    ("guanaco", "apache-2.0", "Hub: timdettmers/openassistant-guanaco, train+test", False),
+    ("openbookqa", "apache-2.0", "data/openbookqa_validation.jsonl.gz (validation only, no fact1; the original "
+     "read train+test+validation of the 'additional' config)", True),
+    ("sciq", "CC BY-NC 3.0", "data/sciq_validation.jsonl.gz", True),
+], strict=True)}
 
 OFFLINE_SOURCES = "math (test split), scibench, theoremqa, openbookqa, sciq"
 
+# The vendored files of each upstream revision (docs/dataset.md, "Source revisions").
+SCIBENCH_DIRS = {"paper_2023": "scibench_2023-07-21", "current": "scibench"}
+THEOREMQA_TEST_FILES = {"paper_2023": "theoremqa_test_2023-07-26.json.gz", "current": "theoremqa_test.json.gz"}
+THEOREMQA_DEFINITIONS_FILE = "theoremqa_all_theorems.json.gz"
 SCIBENCH_BOOKS = ("atkins", "calculus", "chemmc", "class", "diff", "fund", "matter", "quan", "stat", "thermo")
 # The seven MATH subjects; the original globbed MATH/train/**/*.json, so its order was the file system's.
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -172,15 +179,63 @@ def _load_math(dcfg: DatasetConfig) -> list[dict[str, Any]]:
 
 
 def _load_scibench(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    folder = SCIBENCH_DIRS[dcfg.source_revision]
+
     def vendored() -> list[dict[str, Any]]:
         # scibench_format.py read every *.json of dataset/original, the *_sol.json files (worked solutions) too.
         rows = []
         for book in SCIBENCH_BOOKS:
             for stem in (book, f"{book}_sol"):
-                rows += [dict(r, _file=f"{stem}.json") for r in _vendored_json("scibench", f"scibench/{stem}.json.gz")]
+                rows += [dict(r, _file=f"{stem}.json") for r in _vendored_json("scibench", f"{folder}/{stem}.json.gz")]
         return rows
 
     return _local_or("scibench", dcfg, vendored)
+
+
+def theoremqa_test_records(source_revision: str) -> list[dict[str, Any]]:
+    """The vendored TheoremQA test set of one revision: step 01's source and step 02's evaluation split alike."""
+    return _vendored_json("theoremqa", THEOREMQA_TEST_FILES[source_revision])
+
+
+def theoremqa_definitions() -> dict[str, str]:
+    """Theorem name (lower-cased) -> definition, from the authors' all_theorems.json.
+
+    The test set names theorems in lower case ("lah number"), all_theorems.json in title case ("Lah Number"); the
+    354 names stay distinct when lower-cased.
+    """
+    with open_text(_vendored("theoremqa", THEOREMQA_DEFINITIONS_FILE)) as f:
+        return {name.lower(): definition for name, definition in json.load(f).items()}
+
+
+def join_theorem_definitions(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Each record with ``theorem_def``: the definition of its ``theorem``, as the Hub's test.csv carried it.
+
+    A record that already has a non-empty ``theorem_def`` (a local copy of the Hub CSV) keeps it. A theorem name
+    that is not in all_theorems.json fails naming the row, since the instruction cannot be built without it.
+    """
+    definitions = theoremqa_definitions()
+    joined = []
+    for i, record in enumerate(records):
+        if isinstance(record, dict) and isinstance(record.get("theorem_def"), str) and record["theorem_def"]:
+            joined.append(record)
+            continue
+        name = record.get("theorem") if isinstance(record, dict) else None
+        if not isinstance(name, str) or name.lower() not in definitions:
+            raise SourceUnavailableError(
+                f"source 'theoremqa' row {i} ({where}, id {record.get('id') if isinstance(record, dict) else None!r}): "
+                f"theorem {name!r} has no definition in data/{THEOREMQA_DEFINITIONS_FILE} (expected one of its "
+                f"{len(definitions)} theorem names, compared case-insensitively); set "
+                f"dataset.theoremqa_theorem: name to build the instruction from the name alone")
+        joined.append(dict(record, theorem_def=definitions[name.lower()]))
+    return joined
+
+
+def _load_theoremqa(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    records = _local_or("theoremqa", dcfg, lambda: theoremqa_test_records(dcfg.source_revision))
+    if dcfg.theoremqa_theorem == "name":
+        return records
+    where = dcfg.source_files.get("theoremqa") or f"data/{THEOREMQA_TEST_FILES[dcfg.source_revision]}"
+    return join_theorem_definitions(records, where)
 
 
 def _load_arb(dcfg: DatasetConfig) -> list[dict[str, Any]]:
@@ -224,21 +279,21 @@ def _vendored_source(name: str, rel: str) -> Callable[[DatasetConfig], list[dict
     return load
 
 
-_LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = {
-    "prm800k": _load_prm800k,
-    "math": _load_math,
-    "scienceqa": _hub_source("scienceqa", "metaeval/ScienceQA_text_only"),
-    "scibench": _load_scibench,
-    "reclor": _hub_source("reclor", "metaeval/reclor"),
+# In the order of config.DATASET_SOURCES.
+_LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = dict(zip(DATASET_SOURCES, (
+    _load_prm800k,
+    _load_math,
+    _hub_source("scienceqa", "metaeval/ScienceQA_text_only"),
+    _load_scibench,
+    _hub_source("reclor", "metaeval/reclor"),
     # The original read wenhu/TheoremQA test.csv from the Hub; data/ holds the same test split from the authors'
-    # repository (with the theorem's name, not its definition: see formats.format_theoremqa).
-    "theoremqa": _vendored_source("theoremqa", "theoremqa_test.json.gz"),
-    "leetcode": _hub_source("leetcode", "nuprl/leetcode-solutions-python-testgen-gpt4"),
-    "airoboros": _hub_source("airoboros", "jondurbin/airoboros-gpt4-1.4.1", data_files="instructions.jsonl"),
-    "tigerbot": _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
-    "arb": _load_arb,
-    "guanaco": _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
-    "openbookqa": _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
-    "sciq": _vendored_source("sciq", "sciq_validation.jsonl.gz"),
-}
-assert tuple(_LOADERS) == DATASET_SOURCES
+    # repository and the definitions that CSV joined onto it.
+    _load_theoremqa,
+    _hub_source("leetcode", "nuprl/leetcode-solutions-python-testgen-gpt4"),
+    _hub_source("airoboros", "jondurbin/airoboros-gpt4-1.4.1", data_files="instructions.jsonl"),
+    _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
+    _load_arb,
+    _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
+    _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
+    _vendored_source("sciq", "sciq_validation.jsonl.gz"),
+), strict=True))

@@ -56,31 +56,15 @@ class Example:
 def load_train_rows(source: list[dict] | str | Path) -> list[dict[str, Any]]:
     """Rows ``{instruction, input, output, ...}`` from a list or a JSONL file, checked before any training starts.
 
-    ``instruction`` and ``output`` must be non-empty strings, ``input`` a string when present.
+    One schema and reader for steps 02 and 03 (:mod:`platypus_nb.contracts`): ``instruction`` and ``output``
+    non-empty strings, ``input`` and ``data_source`` strings or null.
     """
-    where = "train_rows" if isinstance(source, list) else str(source)
-    if isinstance(source, list):
-        rows = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise TrainingDataError(f"training file {path} does not exist")
-        try:
-            rows = read_jsonl(path)
-        except ValueError as e:
-            raise TrainingDataError(str(e)) from None
-    if not rows:
-        raise TrainingDataError(f"{where}: no training rows (expected JSON objects with instruction/input/output)")
-    for i, row in enumerate(rows, start=1):
-        label = f"{where}: row {i}" if isinstance(source, list) else f"{where}: line {i}"
-        if not isinstance(row, dict):
-            raise TrainingDataError(f"{label}: expected a JSON object, got {type(row).__name__}")
-        for key in ("instruction", "output"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise TrainingDataError(f"{label}: expected a non-empty string '{key}', got {row.get(key)!r}")
-        if not isinstance(row.get("input", ""), (str, type(None))):
-            raise TrainingDataError(f"{label}: expected 'input' to be a string, got {row['input']!r}")
-    return rows
+    from platypus_nb.contracts import TrainingRowsError, check_training_rows, read_training_rows
+
+    try:
+        return check_training_rows(source, "train_rows") if isinstance(source, list) else read_training_rows(source)
+    except TrainingRowsError as e:
+        raise TrainingDataError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- tokenization

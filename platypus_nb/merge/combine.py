@@ -19,11 +19,12 @@ from typing import Any, Sequence
 
 import torch
 
+from platypus_nb.config import COMBINATION_METHODS
 from platypus_nb.io import atomic_directory, atomic_write_json
-from platypus_nb.merge.lora import MergeInputError, adapter_files, folder_hashes
+from platypus_nb.merge.adapter import adapter_files
+from platypus_nb.merge.errors import MergeInputError
+from platypus_nb.merge.safetensors_files import folder_hashes
 
-# merge.method values that go through peft's add_weighted_adapter (the combination_type of the same name).
-COMBINATION_METHODS = ("cat", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties", "dare_ties_svd")
 COMBINE_CONFIG = "combine_config.json"
 
 

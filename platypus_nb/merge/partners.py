@@ -9,7 +9,8 @@ The medical rows come from MMLU's *validation* split; step 05 scores MMLU's *tes
 is trained on, but the subjects are the same, which is exactly the kind of overlap a domain partner brings.
 
 Built partners are cached under ``<cache>/partners/`` by a key over the base model's weight hashes and everything
-that shapes the build (data, rows, steps, fine-tuning config, seed): a re-run reuses them.
+that shapes the build (data, rows, steps, fine-tuning config, seed): a re-run reuses them once every file the build
+recorded (adapter and merged model) hashes as recorded; a truncated or altered one is named and rebuilt.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from platypus_nb.assets import data_file, resolve_model
-from platypus_nb.config import FinetuneConfig, PartnerConfig
-from platypus_nb.io import atomic_directory, atomic_write_json, read_jsonl, sha256_text, write_jsonl
-from platypus_nb.merge.lora import MergeInputError, folder_hashes, merge_lora_into, weight_shards
+from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
+from platypus_nb.io import (atomic_directory, atomic_write_json, changed_file, read_jsonl, sha256_file, sha256_text,
+                            write_jsonl)
+from platypus_nb.merge.errors import MergeInputError
+from platypus_nb.merge.lora import merge_lora_into
+from platypus_nb.merge.safetensors_files import folder_hashes, weight_shards
 from platypus_nb.paths import cache_dir
 
 PARTNER_RECORD = "partner.json"
@@ -82,13 +86,9 @@ def _mmlu_medical_rows(seed: int) -> list[dict[str, str]]:
             for r in read_jsonl(data_file("mmlu_validation.jsonl.gz")) if r["subject"] in MEDICAL_SUBJECTS]
 
 
-# Names accepted in a partner's build_data (the config's Literal lists the same names).
-PARTNER_DATA: dict[str, Callable[[int], list[dict[str, str]]]] = {
-    "arc_easy": _arc_easy_rows,
-    "openbookqa": _openbookqa_rows,
-    "sciq": _sciq_rows,
-    "mmlu_medical": _mmlu_medical_rows,
-}
+# A partner's build_data sources, in the order of config.PARTNER_DATA_NAMES, which owns the names.
+PARTNER_DATA: dict[str, Callable[[int], list[dict[str, str]]]] = dict(zip(PARTNER_DATA_NAMES, (
+    _arc_easy_rows, _openbookqa_rows, _sciq_rows, _mmlu_medical_rows), strict=True))
 
 
 def partner_training_rows(spec: PartnerConfig, seed: int) -> list[dict[str, str]]:
@@ -205,7 +205,8 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
     micro-batch per step, one process) and steps: same rank and targets as the Platypus adapter, so the two can
     also be combined with TIES or DARE (which need adapters of one rank). The build is complete when
     ``partner.json`` exists; an interrupted build resumes (train_lora resumes from its checkpoints, a finished
-    adapter is not retrained).
+    adapter is not retrained). A cached build whose adapter or model files no longer hash as recorded is named and
+    rebuilt.
     """
     from platypus_nb.finetune import train_lora
 
@@ -216,7 +217,12 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
                                  world_size=1)
     key = partner_build_key(spec, base_dir, recipe, seed, rows)
     folder = (cache_root or cache_dir() / "partners") / f"{spec.name}-{key}"
-    cached = (folder / PARTNER_RECORD).is_file()
+    damaged = damaged_partner_file(folder)
+    cached = damaged is None
+    if damaged is not None and (folder / PARTNER_RECORD).is_file():
+        print(f"cached partner {spec.name}: {damaged}; rebuilding it")
+        (folder / PARTNER_RECORD).unlink()
+        shutil.rmtree(folder / "adapter", ignore_errors=True)  # rebuilt whole: damage is rare
     if not cached:
         write_jsonl(folder / "train_rows.jsonl", rows)
         if not (folder / "adapter" / "adapter_config.json").is_file():
@@ -227,9 +233,26 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
                 atomic_write_json(tmp / "train_metrics.json", trained.metrics)
         report = merge_lora_into(base_dir, folder / "adapter", folder / "model", dtype="auto",
                                  notes={"partner": spec.name, "stands_in_for": spec.stands_in_for})
+        files = {str(p.relative_to(folder)): sha256_file(p) for sub in ("adapter", "model")
+                 for p in sorted((folder / sub).rglob("*")) if p.is_file()}
         atomic_write_json(folder / PARTNER_RECORD, {"spec": dataclasses.asdict(spec), "base_model": base_model,
-                                                    "seed": seed, "key": key, "merge_report": report})
+                                                    "seed": seed, "key": key, "merge_report": report,
+                                                    "files": files})
         shutil.rmtree(folder / "train", ignore_errors=True)
     record = json.loads((folder / PARTNER_RECORD).read_text())
     return Partner(spec, folder / "model", "built", adapter_dir=folder / "adapter",
                    train_rows_file=folder / "train_rows.jsonl", cached=cached, report=record["merge_report"])
+
+
+def damaged_partner_file(folder: Path) -> Optional[str]:
+    """Why a cached stand-in cannot be reused as it is, naming the file; None when every file its build recorded
+    (adapter and merged model) still has its sha256, as the base model is checked in :mod:`platypus_nb.assets`."""
+    record_path = folder / PARTNER_RECORD
+    if not record_path.is_file():
+        return f"{record_path} not written (never built, or the build was interrupted)"
+    try:
+        files = json.loads(record_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{record_path} records no file hashes to verify the build by"
+    rel = changed_file(folder, files)
+    return None if rel is None else f"{folder / rel} is missing or no longer matches its recorded sha256"

@@ -10,8 +10,10 @@ from typing import Any, Sequence
 from platypus_nb.config import Config
 from platypus_nb.io import atomic_write_json
 from platypus_nb.merge.combine import combine_adapters
-from platypus_nb.merge.lora import merge_lora_into, read_lora_adapter
+from platypus_nb.merge.adapter import read_lora_adapter
+from platypus_nb.merge.lora import merge_lora_into
 from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, local_model_dir
+from platypus_nb.model_card import base_model_card_fields, build_card, recipe_fields, write_card
 
 MODELS_JSON = "models.json"
 MERGE_REPORT = "merge_report.json"
@@ -38,6 +40,8 @@ def merge_platypus(cfg: Config, adapter_dir: Path, out_dir: Path) -> dict[str, A
     report = merge_lora_into(base_model_dir(cfg), adapter_dir, out_dir / PLATYPUS, dtype=cfg.merge.dtype,
                              notes={"model": PLATYPUS, "stands_in_for": cfg.merge.platypus_stands_in_for})
     report["method"] = "linear"
+    write_merged_card(cfg, PLATYPUS, cfg.merge.platypus_stands_in_for, report,
+                      into=f"the base model {cfg.model.base}")
     return report
 
 
@@ -68,6 +72,7 @@ def merge_partner(cfg: Config, partner: Partner, adapter_dir: Path, out_dir: Pat
     if m.method == "linear":
         report = merge_lora_into(partner.model_dir, adapter_dir, target, dtype=m.dtype, notes=notes)
         report["method"] = "linear"
+        write_merged_card(cfg, spec.merged_name, spec.merge_stands_in_for, report, into=f"the partner {spec.name}")
         return report
     if partner.adapter_dir is None:
         raise ValueError(f"merge.method {m.method!r} combines adapters, but partner {spec.name!r} is a full model "
@@ -80,11 +85,30 @@ def merge_partner(cfg: Config, partner: Partner, adapter_dir: Path, out_dir: Pat
     report = merge_lora_into(base, out_dir / "combined_adapters" / spec.merged_name, target, dtype=m.dtype,
                              notes={**notes, "combination": combination})
     report["method"] = m.method
+    write_merged_card(cfg, spec.merged_name, spec.merge_stands_in_for, report,
+                      into=f"the base, combined with the partner {spec.name}'s adapter ({m.method})")
     return report
 
 
+def write_merged_card(cfg: Config, name: str, stands_in_for: str, report: dict[str, Any], into: str) -> Path:
+    """The merged model's Hugging Face card: base, dataset, recipe, and how this merge was made."""
+    base = base_model_card_fields(cfg.model.base, base_model_dir(cfg))
+    adapter = report["inputs"]["adapter"]
+    provenance = {"merge": f"{report['method']}: the Platypus LoRA adapter merged into {into}",
+                  "stands in for": stands_in_for or "-", "base model": base["name"],
+                  "adapter": f"r={adapter['r']}, alpha={adapter['lora_alpha']}, targets "
+                             f"{', '.join(adapter['target_modules'])}",
+                  "adapter sha256": ", ".join(f"{k}: {v[:12]}" for k, v in adapter["sha256"].items()),
+                  "dtype": report["dtype"], "run": cfg.run.name, "seed": cfg.run.seed}
+    card = build_card(model_name=name, summary=f"`{name}` is {into} with the Platypus adapter of run "
+                                               f"`{cfg.run.name}` merged in (paper section 4).",
+                      base_model=base["name"], base_license=base["license"], library_name="transformers",
+                      provenance=provenance, recipe=recipe_fields(cfg.finetune), tags=["merge"])
+    return write_card(report["output"], card)
+
+
 def models_manifest(cfg: Config, out_dir: Path, partners: Sequence[Partner]) -> list[dict[str, Any]]:
-    """The models step 05 evaluates, each with the model it is compared against (the contract in the brief)."""
+    """The models step 05 evaluates, each with the model it is compared against (the file step 05 reads)."""
     def entry(name: str, path: str, role: str, compare_to: str | None, stands_in_for: str) -> dict[str, Any]:
         return {"name": name, "path": path, "adapter": None, "role": role, "compare_to": compare_to,
                 "stands_in_for": stands_in_for}

@@ -1,0 +1,101 @@
+"""Hugging Face model cards for what the pipeline writes: the LoRA adapter (step 03) and every merged model (step 04).
+
+The Platypus2 releases each came with a card naming the base model, the dataset, the recipe and the leaderboard
+scores. A card here is the same thing in the Hub's format, a ``README.md`` with YAML metadata, built with
+``huggingface_hub``'s :class:`~huggingface_hub.ModelCard` so that ``push_to_hub`` and the Hub's model index read it
+as they read any card. Step 05 adds this run's results (``model-index``) to a copy in its own folder: a stage never
+rewrites an earlier stage's outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from platypus_nb.assets import DEFAULT_BASE_MODEL
+from platypus_nb.io import atomic_write_text
+
+CARD_FILE = "README.md"
+OPEN_PLATYPUS = "garage-bAInd/Open-Platypus"
+PAPER = "https://arxiv.org/abs/2308.07317"
+# The offline default's licence (SmolLM2-135M-Instruct, Apache-2.0); any other base's comes from its own card.
+OFFLINE_BASE = {"name": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}
+
+_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ summary }}
+
+Made with platypus-nb, a reproduction of *Platypus: Quick, Cheap, and Powerful Refinement of LLMs*
+(Lee, Hunter & Ruiz, 2023, [arXiv 2308.07317]({{ paper }})).
+
+## How it was made
+
+| | |
+|---|---|
+{% for key, value in provenance.items() %}| {{ key }} | {{ value }} |
+{% endfor %}
+{% if recipe %}
+## Fine-tuning recipe (step 03)
+
+| key | value |
+|---|---|
+{% for key, value in recipe.items() %}| `{{ key }}` | {{ value }} |
+{% endfor %}{% endif %}
+{% if results %}
+## Evaluation (step 05 of this run)
+
+| task | metric | value | questions |
+|---|---|---|---|
+{% for r in results %}| {{ r.task }} | {{ r.metric }} | {{ "%.4f"|format(r.value) }} | {{ r.n }} |
+{% endfor %}
+{{ results_note }}
+{% endif %}
+"""
+
+
+# The recipe keys a card lists: the paper's README table, plus what decides what was optimised.
+RECIPE_KEYS = ("learning_rate", "global_batch_size", "micro_batch_size", "num_epochs", "max_steps", "lr_scheduler",
+               "warmup_steps", "cutoff_len", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+               "precision", "train_on_inputs", "add_eos_token", "loss_weighting")
+
+
+def recipe_fields(finetune: Any) -> dict[str, Any]:
+    """The fine-tuning recipe as a card shows it, from the resolved ``finetune`` config section."""
+    return {key: getattr(finetune, key) for key in RECIPE_KEYS}
+
+
+def base_model_card_fields(base_model: str, model_dir: Optional[Path] = None) -> dict[str, Optional[str]]:
+    """The Hub id and licence to name as base: the offline default's, or what the base folder's own card says."""
+    if base_model == DEFAULT_BASE_MODEL:
+        return dict(OFFLINE_BASE)
+    from huggingface_hub import ModelCard
+
+    card_file = (model_dir or Path(base_model)) / CARD_FILE
+    license_ = ModelCard.load(card_file).data.license if card_file.is_file() else None
+    return {"name": base_model, "license": license_}
+
+
+def build_card(*, model_name: str, summary: str, base_model: str, base_license: Optional[str], library_name: str,
+               provenance: dict[str, Any], recipe: Optional[dict[str, Any]] = None,
+               results: Sequence[dict[str, Any]] = (), results_note: str = "", tags: Sequence[str] = ()) -> Any:
+    """A :class:`huggingface_hub.ModelCard`; ``results`` rows are ``{task, metric, value, n}`` from step 05."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    eval_results = [EvalResult(task_type="text-generation", dataset_type=r["task"], dataset_name=r["task"],
+                               metric_type=r["metric"], metric_value=float(r["value"]))
+                    for r in results] or None
+    data = ModelCardData(base_model=base_model, datasets=[OPEN_PLATYPUS], license=base_license,
+                         library_name=library_name, model_name=model_name, eval_results=eval_results,
+                         tags=["platypus", "lora", *tags])
+    return ModelCard.from_template(data, template_str=_TEMPLATE, model_name=model_name, summary=summary,
+                                   paper=PAPER, provenance=provenance, recipe=recipe or {}, results=list(results),
+                                   results_note=results_note)
+
+
+def write_card(folder: str | Path, card: Any) -> Path:
+    """Write ``folder/README.md`` atomically (a card copied in from a partner or base folder is replaced)."""
+    return atomic_write_text(Path(folder) / CARD_FILE, str(card))
