@@ -42,7 +42,7 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 
 from platypus_nb.assets import data_file
-from platypus_nb.config import EVAL_TASKS, Config, EvaluateConfig, resolve_path
+from platypus_nb.config import EVAL_TASKS, LEADERBOARD_SHOTS, Config, EvaluateConfig, resolve_path
 from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
 
 # lm-eval's default few-shot seed, with which the leaderboard's harness drew ARC's and HellaSwag's examples; kept
