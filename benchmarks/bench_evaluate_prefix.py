@@ -108,7 +108,8 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| task | requests | HFLM s | prefix cache s | HFLM req/s | prefix cache req/s | speed-up | max |Δ loglik| |",
+    lines = ["| task | requests | HFLM s | prefix cache s | HFLM req/s | prefix cache req/s | speed-up "
+             "| max abs loglik diff |",
              "|---|---|---|---|---|---|---|---|"]
     rows = {**result["tasks"], "total": {**result["total"], "max_abs_loglikelihood_diff": max(
         t["max_abs_loglikelihood_diff"] for t in result["tasks"].values())}}

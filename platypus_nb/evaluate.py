@@ -366,8 +366,8 @@ def departures(ecfg: EvaluateConfig) -> pd.DataFrame:
         rows.append(("tasks", f"only {', '.join(ecfg.tasks)}", "config evaluate.tasks"))
     limits = {t: ecfg.task_limits.get(t, ecfg.limit) for t in ecfg.tasks}
     if any(n is not None for n in limits.values()):
-        rows.append(("questions", ", ".join(f"{t} {'all' if n is None else f'the first {n}'}" for t, n in limits.items())
-                     + " (per MMLU subject)", "config evaluate.limit, evaluate.task_limits"))
+        counts = ", ".join(f"{t} {'all' if n is None else f'the first {n}'}" for t, n in limits.items())
+        rows.append(("questions", f"{counts} (per MMLU subject)", "config evaluate.limit, evaluate.task_limits"))
     if ecfg.mmlu_subjects is not None and "mmlu" in ecfg.tasks:
         rows.append(("MMLU subjects", f"{len(ecfg.mmlu_subjects)} of 57", "config evaluate.mmlu_subjects"))
     if ecfg.quantization != "none":
@@ -439,8 +439,8 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
         shots = None
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=shots,
-                                  limit=plan.limits[task], task_manager=tasks.manager, log_samples=True, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed,
+                                  limit=plan.limits[task], task_manager=tasks.manager, log_samples=True,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=LEADERBOARD_FEWSHOT_SEED)
     seconds = time.perf_counter() - start
     per_name = {n: {"score": float(out["results"][n][f"{metric},none"]),
