@@ -7,7 +7,7 @@ from lm_eval.models.huggingface import HFLM
 
 from platypus_nb import evaluate as ev
 from platypus_nb.config import load_config
-from platypus_nb.prefix_lm import PrefixCachingHFLM, common_prefix_length
+from platypus_nb.prefix_lm import PrefixCachingHFLM, common_prefix_length, prefix_groups
 
 
 def test_common_prefix_length():
@@ -60,6 +60,14 @@ def test_shared_prefixes_go_through_the_model_once(scorers):
     a, b = sorted(contexts)
     shared = common_prefix_length(a, b)
     plain_tokens = sum(len(fast.tok_encode(r.args[0] + r.args[1])) for r in requests["truthfulqa_mc2"])
-    # shared prefix once, each context's remainder once, then one padded batch of answers per question.
-    assert seen[0] == shared and seen[1] == len(a) - shared
+    # the shared prefix once, both contexts' remainders in one padded batch, then the answers in batches.
+    assert seen[0] == shared and seen[1] == 2 * (max(len(a), len(b)) - shared)
     assert sum(seen) < plain_tokens / 3
+
+
+def test_prefix_groups_keep_runs_sharing_enough_tokens():
+    long = tuple(range(100))
+    groups = prefix_groups(sorted([long + (1, 2), long + (3,), (7, 8), (9,)]))
+    assert groups == [(100, [long + (1, 2), long + (3,)]), (0, [(7, 8), (9,)])]
+    # A context equal to the shared prefix keeps its last token out of the prefix.
+    assert prefix_groups([long, long + (5,)]) == [(99, [long, long + (5,)])]
