@@ -33,6 +33,10 @@ from lm_eval.models.huggingface import HFLM
 
 # Shorter shared prefixes (an MMLU description's first words) are not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
+# A cached prefix costs a forward pass of its own; it pays when it spares more tokens than that. Measured on 2 CPU
+# cores (benchmarks/README.md): an MMLU subject's 1-shot prefix (~80 tokens) shared by 4 questions (240 tokens
+# spared) was slower than batching the 4 contexts whole; TruthfulQA's primer (~170 tokens) pays from 3 questions.
+MIN_TOKENS_SPARED = 256
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -131,7 +135,8 @@ class PrefixCachingHFLM(HFLM):
 
 
 def prefix_groups(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:
-    """Sorted contexts split into runs sharing a prefix of at least :data:`MIN_SHARED_PREFIX` tokens.
+    """Sorted contexts split into runs sharing a prefix of at least :data:`MIN_SHARED_PREFIX` tokens that spares
+    at least :data:`MIN_TOKENS_SPARED` tokens.
 
     Returns (shared length, contexts) per run; contexts sharing nothing worth caching form one run with length 0
     (they are still batched together). A shared prefix always leaves each context at least its last token.
@@ -148,7 +153,7 @@ def prefix_groups(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple
                 run.append(ctx)
                 shared = common
                 continue
-            if len(run) > 1:
+            if len(run) > 1 and shared * (len(run) - 1) >= MIN_TOKENS_SPARED:
                 groups.append((shared, run))
             else:
                 alone.extend(run)

@@ -18,8 +18,10 @@ def test_common_prefix_length():
 
 @pytest.fixture(scope="module")
 def scorers(smollm2_dir, tmp_path_factory):
-    """Real SmolLM2-135M under both scorers, and lm-eval's own requests for 2 questions of every task."""
-    ecfg = load_config("tiny", {"evaluate.limit": 2, "evaluate.mmlu_subjects": ["college_physics"],
+    """Real SmolLM2-135M under both scorers, and lm-eval's own requests for 2 questions of every task (TruthfulQA 3,
+    enough for its primer to be cached)."""
+    ecfg = load_config("tiny", {"evaluate.limit": 2, "evaluate.task_limits": {"truthfulqa_mc2": 3},
+                                "evaluate.mmlu_subjects": ["college_physics"],
                                 "evaluate.num_fewshot": {"arc_challenge": 1, "hellaswag": 1, "mmlu": 2,
                                                          "truthfulqa_mc2": 0}}).evaluate
     plan = ev.prepare_tasks(ecfg, tmp_path_factory.mktemp("tasks"))
@@ -46,7 +48,7 @@ def test_every_loglikelihood_equals_plain_hflm(scorers):
 
 
 def test_shared_prefixes_go_through_the_model_once(scorers):
-    """TruthfulQA: the primer once for both questions, each question's context once for all its answers."""
+    """TruthfulQA: the primer once for the 3 questions, each question's context once for all its answers."""
     plain, fast, model, requests = scorers
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"].numel()),
@@ -56,18 +58,19 @@ def test_shared_prefixes_go_through_the_model_once(scorers):
     finally:
         hook.remove()
     contexts = {tuple(fast.tok_encode(r.args[0])) for r in requests["truthfulqa_mc2"]}
-    assert len(contexts) == 2
-    a, b = sorted(contexts)
-    shared = common_prefix_length(a, b)
+    assert len(contexts) == 3
+    shared = min(common_prefix_length(a, b) for a in contexts for b in contexts if a != b)
     plain_tokens = sum(len(fast.tok_encode(r.args[0] + r.args[1])) for r in requests["truthfulqa_mc2"])
-    # the shared prefix once, both contexts' remainders in one padded batch, then the answers in batches.
-    assert seen[0] == shared and seen[1] == 2 * (max(len(a), len(b)) - shared)
+    # the shared prefix once, the contexts' remainders in one padded batch, then the answers in batches.
+    assert seen[0] == shared > 150 and seen[1] == 3 * (max(len(c) for c in contexts) - shared)
     assert sum(seen) < plain_tokens / 3
 
 
 def test_prefix_groups_keep_runs_sharing_enough_tokens():
-    long = tuple(range(100))
+    long = tuple(range(300))
     groups = prefix_groups(sorted([long + (1, 2), long + (3,), (7, 8), (9,)]))
-    assert groups == [(100, [long + (1, 2), long + (3,)]), (0, [(7, 8), (9,)])]
+    assert groups == [(300, [long + (1, 2), long + (3,)]), (0, [(7, 8), (9,)])]
     # A context equal to the shared prefix keeps its last token out of the prefix.
-    assert prefix_groups([long, long + (5,)]) == [(99, [long, long + (5,)])]
+    assert prefix_groups([long, long + (5,)]) == [(299, [long, long + (5,)])]
+    # 100 shared tokens over 2 contexts spare too few to pay for a pass of their own: batched whole instead.
+    assert prefix_groups([long[:100] + (1,), long[:100] + (2,)]) == [(0, [long[:100] + (1,), long[:100] + (2,)])]
