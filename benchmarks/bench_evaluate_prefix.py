@@ -7,7 +7,8 @@ goes first, so that load from other work falls on both alike). Recorded per task
 each, the speed-up and the largest absolute difference of any log-likelihood and whether any greedy flag differs.
 The load average is recorded before and after: the cores may be shared, so compare ratios, not seconds.
 
-Run: ``.venv/bin/python benchmarks/bench_evaluate_prefix.py [--limit N] [--config NAME]``. Writes
+Run: ``.venv/bin/python benchmarks/bench_evaluate_prefix.py [--limit N] [--config NAME]`` (``--limit 4``: the tiny run as
+measured). Writes
 ``benchmarks/results/evaluate_prefix.json`` (``evaluate_prefix_<config>.json`` for another config) and prints the
 markdown table of ``benchmarks/README.md``'s "Prefix caching" section.
 """
@@ -113,7 +114,7 @@ def main() -> None:
                   "speedup": total["hflm"] / total["prefix_cache"],
                   "cpu_speedup": total_cpu["hflm"] / total_cpu["prefix_cache"]},
     }
-    name = "evaluate_prefix.json" if args.config == "tiny" and args.limit is None else \
+    name = "evaluate_prefix.json" if args.config == "tiny" and args.limit in (None, 4) else \
         f"evaluate_prefix_{args.config}_limit{args.limit}.json"
     atomic_write_json(ROOT / "benchmarks" / "results" / name, result)
     print(markdown(result))
