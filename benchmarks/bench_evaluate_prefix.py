@@ -9,7 +9,7 @@ The load average is recorded before and after: the cores may be shared, so compa
 
 Run: ``.venv/bin/python benchmarks/bench_evaluate_prefix.py [--limit N] [--config NAME]`` (``--limit 4``: the tiny run as
 measured). Writes
-``benchmarks/results/evaluate_prefix.json`` (``evaluate_prefix_<config>.json`` for another config) and prints the
+``benchmarks/results/evaluate_prefix.json`` (``evaluate_prefix_<config>_limit<N>.json`` for other settings) and prints the
 markdown table of ``benchmarks/README.md``'s "Prefix caching" section.
 """
 
