@@ -272,6 +272,10 @@ class FinetuneConfig:
     save_steps: PositiveInt = 1000
     save_total_limit: PositiveInt = 2
     resume: Bool = True
+    # Where the Trainer also reports every step: "tensorboard" (logs in 03_finetune/trainer/runs/), "wandb", "mlflow",
+    # "trackio" (each needs its package); [] for none.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = \
+        field(default_factory=lambda: ["tensorboard"])
     world_size: PositiveInt = 1
     # An accelerate config for world_size > 1 (configs/accelerate/README.md); null: plain DDP.
     accelerate_config: Optional[ExistingFile] = None

@@ -366,6 +366,7 @@ def run_pipeline(config: str | Path = "tiny", steps: Optional[Sequence[str]] = N
     otherwise the run stops before it, naming that step. ``force`` re-runs the selected steps (and sets an
     unreadable manifest aside); ``verify`` re-hashes recorded outputs instead of trusting size and mtime.
     """
+    import papermill as pm
     from tqdm.auto import tqdm
 
     from platypus_nb.config import parse_overrides
@@ -417,7 +418,10 @@ def run_pipeline(config: str | Path = "tiny", steps: Optional[Sequence[str]] = N
                 say(f"[skip] {step.stem}: config, code and inputs unchanged")
                 continue
             say(f"[run] {step.stem}: {reason}")
-            _execute_step(step, lineage, manifest, parameters, notebooks_dir, progress)
+            step_parameters = parameters  # --force reaches a step that keeps state of its own (03's checkpoints)
+            if force and "force" in pm.inspect_notebook(str(step.notebook)):
+                step_parameters = {**parameters, "force": True}
+            _execute_step(step, lineage, manifest, step_parameters, notebooks_dir, progress)
     return manifest
 
 

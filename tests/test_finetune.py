@@ -1,4 +1,5 @@
-"""Step 03: the Platypus recipe's template and masking, exact packing, resumable checkpoints, 2-process DDP, and a
+"""Step 03: the Platypus recipe's template and masking, exact packing, per-step losses equal to the loop the Trainer
+replaced, atomic and fingerprinted checkpoints that never unpickle freely, 2-process DDP, a stop on divergence, and a
 clear error for each kind of bad input before training starts. Real MATH rows, a random 2-layer Llama with
 SmolLM2's tokenizer (``tiny_llama_dir``)."""
 
@@ -9,21 +10,25 @@ import gzip
 import json
 import math
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import ConfigError, FinetuneConfig, load_config
-from platypus_nb.finetune import ModelSetupError, TrainingDataError, train_lora
-from platypus_nb.finetune.data import (IGNORE_INDEX, collate, micro_batches, plan_steps, rank_share, token_weights,
-                                       tokenize_row, tokenize_rows)
+from platypus_nb.finetune import ModelSetupError, TrainingDataError, TrainingDivergedError, train_lora
 from platypus_nb.finetune.attention import SEGMENT_SDPA, register_segment_sdpa, segment_bounds
-from platypus_nb.finetune.loop import _token_losses, list_checkpoints
+from platypus_nb.finetune.checkpoints import COMMIT_FILE, list_checkpoints
+from platypus_nb.finetune.data import (IGNORE_INDEX, PackingCollator, loss_weights, n_targets, plan_steps,
+                                       planned_examples, step_batches, tokenize_row, tokenize_rows)
+from platypus_nb.io import sha256_file
 from platypus_nb.paths import PROJECT_ROOT
 from platypus_nb.prompts import render_prompt, response_of
 
@@ -31,6 +36,8 @@ from platypus_nb.prompts import render_prompt, response_of
 RECIPE = FinetuneConfig(precision="fp32", cutoff_len=160, global_batch_size=4, micro_batch_size=2, warmup_steps=1,
                         learning_rate=5e-3, save_steps=2, gradient_checkpointing=False)
 STEPS = 10
+# Per-step losses of the package's own step loop (git 7b56f7e) that the Trainer replaced, on these rows and model.
+OWN_LOOP = json.loads((Path(__file__).parent / "fixtures" / "finetune_own_loop_losses.json").read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,26 +89,26 @@ def test_prompt_tokens_are_masked_and_eos_is_appended(math_rows, tokenizer):
     example = tokenize_row(row, tokenizer, dataclasses.replace(RECIPE, cutoff_len=1024))
     prompt_len = len(tokenizer(render_prompt(row["instruction"]))["input_ids"])
     # Position i predicts token i+1: nothing before the last prompt token predicts anything.
-    assert set(example.targets[:prompt_len - 1]) == {IGNORE_INDEX}
-    trained = [t for t in example.targets if t != IGNORE_INDEX]
+    assert set(example["shift_labels"][:prompt_len - 1]) == {IGNORE_INDEX}
+    trained = [t for t in example["shift_labels"] if t != IGNORE_INDEX]
     assert trained[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(trained[:-1]) == row["output"]
-    assert example.targets[-1] == IGNORE_INDEX  # the last position has nothing to predict
+    assert example["shift_labels"][-1] == IGNORE_INDEX  # the last position has nothing to predict
 
 
 def test_train_on_inputs_and_add_eos_token_switches(math_rows, tokenizer):
     cfg = dataclasses.replace(RECIPE, cutoff_len=1024)
     with_inputs = tokenize_row(math_rows[0], tokenizer, dataclasses.replace(cfg, train_on_inputs=True))
-    assert with_inputs.n_targets == len(with_inputs) - 1
+    assert n_targets(with_inputs) == len(with_inputs["input_ids"]) - 1
     no_eos = tokenize_row(math_rows[0], tokenizer, dataclasses.replace(cfg, add_eos_token=False))
-    assert no_eos.input_ids[-1] != tokenizer.eos_token_id
-    assert len(no_eos) == len(with_inputs) - 1
+    assert no_eos["input_ids"][-1] != tokenizer.eos_token_id
+    assert len(no_eos["input_ids"]) == len(with_inputs["input_ids"]) - 1
 
 
 def test_truncated_rows_get_no_eos_and_prompt_only_rows_are_dropped(math_rows, tokenizer):
     long_row = {"instruction": math_rows[0]["instruction"], "output": " ".join(["seven"] * 400)}
     cut = tokenize_row(long_row, tokenizer, RECIPE)
-    assert len(cut) == RECIPE.cutoff_len and cut.input_ids[-1] != tokenizer.eos_token_id  # as the original
+    assert len(cut["input_ids"]) == RECIPE.cutoff_len and cut["input_ids"][-1] != tokenizer.eos_token_id
     prompt_only = {"instruction": "word " * 300, "output": "5"}
     examples, kept = tokenize_rows([prompt_only, math_rows[0]], tokenizer, RECIPE)
     assert kept == [1] and len(examples) == 1
@@ -115,21 +122,33 @@ def test_step_plan_is_seeded_and_split_across_processes(math_rows, tokenizer):
     plan = plan_steps(len(examples), 8, 4, seed=7)
     assert plan == plan_steps(len(examples), 8, 4, seed=7) != plan_steps(len(examples), 8, 4, seed=8)
     assert sorted(i for step in plan[:len(examples) // 4] for i in step) == list(range(len(examples)))  # epoch 1
-    shares = [rank_share(plan[0], examples, r, 2) for r in range(2)]
-    assert sorted(shares[0] + shares[1]) == sorted(plan[0]) and len(shares[0]) == len(shares[1]) == 2
-    cfg = dataclasses.replace(RECIPE, micro_batch_size=1)
-    for group in micro_batches(plan[0], examples, cfg):
-        assert sum(len(examples[i]) for i in group) <= cfg.cutoff_len
+    items = planned_examples(examples, plan, "example")
+    lengths = [len(e["input_ids"]) for e in items]
+    two = [step_batches(items, dataclasses.replace(RECIPE, world_size=2), rank, 2) for rank in range(2)]
+    # Each process: one forward of its 2 examples per step (global 4 / micro 2 / 2 processes), every example once.
+    assert len(two[0]) == len(two[1]) == 8 and sorted(j for b in two[0] + two[1] for j in b) == list(range(32))
+    assert all(len(b) == 2 for b in two[0] + two[1])
+    one = step_batches(items, dataclasses.replace(RECIPE, micro_batch_size=1), 0, 1)
+    assert len(one) == 8 * 4  # 4 forwards a step, the unused ones (packing fills fewer) empty and first
+    for step in range(8):
+        forwards = one[4 * step:4 * step + 4]
+        assert sorted(j for b in forwards for j in b) == list(range(4 * step, 4 * step + 4))
+        assert all(sum(lengths[j] for j in b) <= RECIPE.cutoff_len for b in forwards)
+        assert [bool(b) for b in forwards] == sorted(bool(b) for b in forwards)
 
 
-def test_loss_weights_average_examples_or_tokens(math_rows, tokenizer):
-    examples, _ = tokenize_rows(math_rows, tokenizer, RECIPE)
-    step = [0, 1, 2, 3]
+def test_loss_weights_average_examples_or_tokens():
+    targets = [10, 30, 20, 40]
     for mode in ("example", "token"):
-        w = token_weights(step, examples, mode)
-        assert sum(w[i] * examples[i].n_targets for i in step) == pytest.approx(1.0)
-    w = token_weights(step, examples, "example")
-    assert w[0] * examples[0].n_targets == pytest.approx(0.25)
+        assert sum(w * n for w, n in zip(loss_weights(targets, mode), targets)) == pytest.approx(1.0)
+    assert loss_weights(targets, "example")[0] * 10 == pytest.approx(0.25)
+    assert loss_weights(targets, "token") == [0.01] * 4
+
+
+def _token_losses(model, batch: dict) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                   attention_mask=batch.get("attention_mask"), use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits[batch["keep"]], batch["targets"], reduction="none")
 
 
 @pytest.mark.parametrize("attention", ["sdpa", SEGMENT_SDPA])
@@ -140,17 +159,18 @@ def test_packed_row_attends_within_each_example_only(attention, math_rows, token
 
     register_segment_sdpa()
     examples, _ = tokenize_rows(math_rows[:3], tokenizer, RECIPE)
-    weights = token_weights([0, 1, 2], examples, "token")
+    features = planned_examples(examples, [[0, 1, 2]], "token")
+    packed, padded = PackingCollator(True, tokenizer.pad_token_id), PackingCollator(False, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32,
                                                  attn_implementation=attention).eval()
     with torch.no_grad():
-        packed = _token_losses(model, collate([0, 1, 2], examples, weights, True, tokenizer.pad_token_id))
-        padded = torch.cat([_token_losses(model, collate([i], examples, weights, False, tokenizer.pad_token_id))
-                            for i in range(3)])
-        batched = _token_losses(model, collate([0, 1, 2], examples, weights, False, tokenizer.pad_token_id))
-    assert packed.shape == padded.shape == (sum(e.n_targets for e in examples),)
-    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(batched, padded, rtol=1e-4, atol=1e-4)
+        one_row = _token_losses(model, packed(features))
+        one_each = torch.cat([_token_losses(model, padded([f])) for f in features])
+        batched = _token_losses(model, padded(features))
+    assert packed(features)["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+    assert one_row.shape == one_each.shape == (sum(map(n_targets, examples)),)
+    torch.testing.assert_close(one_row, one_each, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batched, one_each, rtol=1e-4, atol=1e-4)
 
 
 def test_segment_bounds_follow_position_resets():
@@ -186,6 +206,11 @@ def test_bad_settings_fail_before_training(tmp_path, math_rows, tiny_llama_dir):
     with pytest.raises(ModelSetupError, match=r"\['q_proj_typo'\] not found .* gate_proj"):
         train_lora(math_rows, dataclasses.replace(RECIPE, lora_target_modules=["q_proj_typo"]),
                    str(tiny_llama_dir), out, 0)
+    with pytest.raises(ModelSetupError, match=r"^finetune.lora_target_modules: 'mlp' names a LlamaMLP in .* not a "
+                                              r"Linear layer; its Linear layers are: down_proj, gate_proj, k_proj, "
+                                              r"o_proj, q_proj, up_proj, v_proj$"):
+        train_lora(math_rows, dataclasses.replace(RECIPE, lora_target_modules=["up_proj", "mlp"]),
+                   str(tiny_llama_dir), out, 0)
     with pytest.raises(ConfigError, match="global_batch_size: expected a multiple of micro_batch_size x world_size"):
         train_lora(math_rows, dataclasses.replace(RECIPE, global_batch_size=6, micro_batch_size=4),
                    str(tiny_llama_dir), out, 0)
@@ -212,6 +237,7 @@ def uninterrupted(math_rows, tiny_llama_dir, tmp_path_factory):
 def test_training_writes_the_adapter_metrics_and_args_and_learns(uninterrupted):
     out = uninterrupted.out_dir
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((out / "adapter").glob("*.bin"))  # no pickle anywhere among the outputs
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert sorted(adapter_config["target_modules"]) == ["down_proj", "gate_proj", "up_proj"]
     assert (adapter_config["r"], adapter_config["lora_alpha"]) == (16, 16)
@@ -224,7 +250,30 @@ def test_training_writes_the_adapter_metrics_and_args_and_learns(uninterrupted):
     args = json.loads((out / "train_args.json").read_text())
     assert args["gradient_accumulation_steps"] == 2 and args["finetune"]["lora_target_modules"] == [
         "gate_proj", "up_proj", "down_proj"]
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-6", "step-8"]  # save_total_limit 2
+    assert args["training_arguments"]["optim"] == "adamw_torch"
+    checkpoints = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in checkpoints] == ["checkpoint-8", "checkpoint-10"]  # save_total_limit 2
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
+    assert list((out / "trainer" / "runs").rglob("events.out.tfevents.*"))  # report_to: tensorboard
+
+
+def test_per_step_losses_equal_the_own_loop_the_trainer_replaced(uninterrupted, tiny_llama_dir):
+    """The Trainer with the recipe's plug-ins optimises exactly what the package's own step loop did: the same
+    per-step losses on the same rows and model, dropout included (recorded from that loop before it was removed)."""
+    assert sha256_file(tiny_llama_dir / "model.safetensors") == OWN_LOOP["model_sha256"]
+    reference = OWN_LOOP["variants"]["recipe"]
+    assert [r["tokens"] for r in uninterrupted.metrics["loss_per_step"]] == reference["tokens"]
+    assert _losses(uninterrupted.metrics) == pytest.approx(reference["loss"], abs=1e-4)
+    assert [r["grad_norm"] for r in uninterrupted.metrics["loss_per_step"]] == pytest.approx(reference["grad_norm"],
+                                                                                             rel=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["no_dropout_token", "no_dropout_padded"])
+def test_token_weighting_and_padded_batches_match_the_own_loop(variant, math_rows, tiny_llama_dir, tmp_path):
+    reference = OWN_LOOP["variants"][variant]
+    cfg = FinetuneConfig(**{**dataclasses.asdict(FinetuneConfig()), **reference["finetune"]})
+    result = train_lora(math_rows, cfg, str(tiny_llama_dir), tmp_path, seed=3, max_steps=STEPS)
+    assert _losses(result.metrics) == pytest.approx(reference["loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["nf4", "int8"])
@@ -239,9 +288,16 @@ def test_quantized_bases_train_on_cpu(precision, math_rows, tiny_llama_dir, tmp_
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(math_rows, tiny_llama_dir, tmp_path, uninterrupted):
-    """Kill -9 a training process after its first checkpoint; the re-run continues and ends like an
-    uninterrupted run (same steps, same losses: optimizer, scheduler and dropout RNG were restored)."""
+def _checkpoint_is_intact(folder: Path) -> bool:
+    recorded = json.loads((folder / COMMIT_FILE).read_text())["files"]
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {COMMIT_FILE}
+    return present == set(recorded) and all(sha256_file(folder / n) == h for n, h in recorded.items())
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(math_rows, tiny_llama_dir, tmp_path, uninterrupted):
+    """Kill -9 a training process while it writes its second checkpoint: only complete checkpoints are in
+    checkpoints/; the re-run continues from the newest and ends like an uninterrupted run (same losses: optimizer,
+    scheduler and dropout RNG were restored)."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in math_rows))
     out = tmp_path / "run"
@@ -250,19 +306,95 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(math_rows, tiny_llama_dir
               f"{str(tiny_llama_dir)!r}, {str(out)!r}, 3, max_steps={STEPS})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        while not list_checkpoints(out / "checkpoints") and proc.poll() is None:
-            time.sleep(0.02)
+    try:  # while the Trainer writes step 4's checkpoint in its working folder (or just after it is committed)
+        while proc.poll() is None and not any((out / d / "checkpoint-4").exists() for d in ("trainer", "checkpoints")):
+            time.sleep(0.005)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
-    killed_at = int(list_checkpoints(out / "checkpoints")[-1].name.split("-")[1])
+    done = list_checkpoints(out / "checkpoints")
+    assert done and all(_checkpoint_is_intact(c) for c in done)
+    killed_at = int(done[-1].name.split("-")[1])
     assert killed_at < STEPS
 
     resumed = train_lora(rows, RECIPE, str(tiny_llama_dir), out, seed=3, max_steps=STEPS)
     assert resumed.metrics["steps"] == STEPS and resumed.metrics["resumed_from_steps"] == [killed_at]
     assert _losses(resumed.metrics) == pytest.approx(_losses(uninterrupted.metrics), rel=1e-5)
+    assert not list((out / "trainer").glob("checkpoint-*"))
+
+
+@pytest.fixture
+def finished_run(uninterrupted, tmp_path) -> Path:
+    """A copy of a completed run's folder, checkpoints included, to re-run in."""
+    return Path(shutil.copytree(uninterrupted.out_dir, tmp_path / "run"))
+
+
+def test_a_rerun_with_a_changed_setting_trains_anew(finished_run, math_rows, tiny_llama_dir, uninterrupted, capsys):
+    adapter = (finished_run / "adapter" / "adapter_model.safetensors").read_bytes()
+    changed = train_lora(math_rows, dataclasses.replace(RECIPE, learning_rate=1e-3), str(tiny_llama_dir),
+                         finished_run, seed=3, max_steps=STEPS)
+    said = [line for line in capsys.readouterr().out.splitlines() if "step 0" in line]  # besides the step logs
+    assert said == [f"{finished_run / 'checkpoints' / 'checkpoint-10'} was trained with other "
+                    f"finetune.learning_rate than this run: training from step 0"]
+    assert changed.metrics["resumed_from_steps"] == [] and changed.metrics["steps"] == STEPS
+    assert (finished_run / "adapter" / "adapter_model.safetensors").read_bytes() != adapter
+    again = train_lora(math_rows, dataclasses.replace(RECIPE, learning_rate=1e-3), str(tiny_llama_dir),
+                       finished_run, seed=3, max_steps=STEPS + 2)  # more steps: a new schedule, not a failure
+    assert again.metrics["resumed_from_steps"] == [] and again.metrics["steps"] == STEPS + 2
+    assert "other finetune.max_steps" not in capsys.readouterr().out  # the override is in "steps"
+
+
+def test_rows_with_other_content_train_anew_and_force_always_does(finished_run, math_rows, tiny_llama_dir,
+                                                                   uninterrupted, capsys):
+    same = train_lora(math_rows, RECIPE, str(tiny_llama_dir), finished_run, seed=3, max_steps=STEPS)
+    assert same.metrics["resumed_from_steps"] == [STEPS] and _losses(same.metrics) == _losses(uninterrupted.metrics)
+    edited = [dict(r) for r in math_rows]
+    edited[5]["output"] = edited[5]["output"].replace("=", "is", 1)
+    fresh = train_lora(edited, RECIPE, str(tiny_llama_dir), finished_run, seed=3, max_steps=2)
+    assert fresh.metrics["resumed_from_steps"] == [] and "other steps, training rows than" in capsys.readouterr().out
+    forced = train_lora(edited, RECIPE, str(tiny_llama_dir), finished_run, seed=3, max_steps=2, force=True)
+    assert forced.metrics["resumed_from_steps"] == [] and "not resumed (--force)" in capsys.readouterr().out
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_resume_never_runs_a_pickle_planted_in_a_checkpoint(finished_run, math_rows, tiny_llama_dir, tmp_path,
+                                                            capsys):
+    marker = tmp_path / "payload-ran"
+    latest = list_checkpoints(finished_run / "checkpoints")[-1]
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "custom_checkpoint_0.pkl"):
+        (latest / name).write_bytes(pickle.dumps(_Payload(marker)))
+    result = train_lora(math_rows, RECIPE, str(tiny_llama_dir), finished_run, seed=3, max_steps=STEPS)
+    assert (f"{latest}: custom_checkpoint_0.pkl, optimizer.pt, rng_state.pth, scheduler.pt, training_args.bin changed "
+            f"since the checkpoint was written: training from step 0") in capsys.readouterr().out
+    assert result.metrics["resumed_from_steps"] == [] and not marker.exists()
+
+    # Even with its record forged to match, the planted file only reaches torch.load(weights_only=True).
+    latest = list_checkpoints(finished_run / "checkpoints")[-1]
+    (latest / "optimizer.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    record = json.loads((latest / COMMIT_FILE).read_text())
+    record["files"]["optimizer.pt"] = sha256_file(latest / "optimizer.pt")
+    (latest / COMMIT_FILE).write_text(json.dumps(record))
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_lora(math_rows, RECIPE, str(tiny_llama_dir), finished_run, seed=3, max_steps=STEPS)
+    assert not marker.exists()
+
+
+def test_a_diverging_run_stops_with_a_clear_error(math_rows, tiny_llama_dir, tmp_path):
+    """A learning rate far too large (finite: the config accepts it) drives the loss to NaN; the run stops there."""
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step \d+ \(loss nan, grad_norm nan\); no adapter"):
+        train_lora(math_rows, dataclasses.replace(RECIPE, learning_rate=1e30), str(tiny_llama_dir), tmp_path,
+                   seed=3, max_steps=STEPS)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "metrics.json").exists()
 
 
 def test_two_processes_follow_the_one_process_loss_curve(math_rows, tiny_llama_dir, tmp_path):
@@ -274,13 +406,14 @@ def test_two_processes_follow_the_one_process_loss_curve(math_rows, tiny_llama_d
     factor of 2) or wrong data split shows as a difference of 1e-2 or more.
     """
     cfg = dataclasses.replace(RECIPE, lora_dropout=0.0, save_steps=100)
-    one = train_lora(math_rows, cfg, str(tiny_llama_dir), tmp_path / "one", seed=5, max_steps=STEPS)
+    one = train_lora(math_rows, cfg, str(tiny_llama_dir), tmp_path / "one", seed=3, max_steps=STEPS)
     two = train_lora(math_rows, dataclasses.replace(cfg, world_size=2), str(tiny_llama_dir), tmp_path / "two",
-                     seed=5, max_steps=STEPS)
+                     seed=3, max_steps=STEPS)
     assert two.metrics["world_size"] == 2 and two.metrics["steps"] == STEPS
     assert two.metrics["tokens_seen"] == one.metrics["tokens_seen"]
     assert _losses(two.metrics) == pytest.approx(_losses(one.metrics), rel=1e-4)
     assert _losses(one.metrics)[-1] < _losses(one.metrics)[0]
+    assert _losses(one.metrics) == pytest.approx(OWN_LOOP["variants"]["no_dropout"]["loss"], abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ notebook

@@ -80,6 +80,21 @@ def test_config_change_reruns_and_force_reruns(project):
     assert forced["steps"]["01_first"]["started"] == changed["steps"]["01_first"]["started"]
 
 
+def test_force_reaches_a_notebook_that_declares_it(project):
+    """--force is passed as the ``force`` parameter to a step that keeps state of its own (03's checkpoints)."""
+    tmp, nbs, cfg = project
+    cells = nbformat.read(str(nbs / "02_second.ipynb"), as_version=4)
+    cells.cells[0].source += "force = False\n"
+    cells.cells[1].source += '(stage.out_dir / "forced.txt").write_text(str(force))\n'
+    nbformat.write(cells, str(nbs / "02_second.ipynb"))
+    run_pipeline(cfg, notebooks_dir=nbs, progress=False)
+    assert (tmp / "runs" / "t" / "02_second" / "forced.txt").read_text() == "False"
+    forced = run_pipeline(cfg, notebooks_dir=nbs, progress=False, force=True)
+    assert (tmp / "runs" / "t" / "02_second" / "forced.txt").read_text() == "True"
+    assert forced["steps"]["02_second"]["parameters"]["force"] is True
+    assert "force" not in forced["steps"]["01_first"]["parameters"]
+
+
 def test_tampered_output_is_rerun(project):
     tmp, nbs, cfg = project
     first = run_pipeline(cfg, notebooks_dir=nbs, progress=False)

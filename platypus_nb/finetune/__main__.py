@@ -2,7 +2,7 @@
 
 import sys
 
-from platypus_nb.finetune.loop import TrainJob, run_training
+from platypus_nb.finetune.trainer import TrainJob, run_training
 
 if __name__ == "__main__":
     run_training(TrainJob.load(sys.argv[1]))

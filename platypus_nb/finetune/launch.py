@@ -1,6 +1,6 @@
 """``world_size > 1``: the same training loop in N processes through ``accelerate launch``.
 
-The job goes to the processes as a JSON file; each runs :func:`platypus_nb.finetune.loop.run_training`. Without
+The job goes to the processes as a JSON file; each runs :func:`platypus_nb.finetune.trainer.run_training`. Without
 CUDA the processes form a gloo group on the CPU (accelerate's MULTI_CPU), which is how the tests check DDP here.
 The accelerate config file is ``finetune.accelerate_config`` (FSDP / DeepSpeed ZeRO-3 files for 13B / 70B are in
 ``configs/accelerate/``), or plain DDP.
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from platypus_nb.config import FinetuneConfig, resolve_path
-from platypus_nb.finetune.loop import TrainJob
+from platypus_nb.finetune.trainer import TrainJob
 from platypus_nb.paths import CONFIGS_DIR, PROJECT_ROOT
 
 DDP_CONFIG = CONFIGS_DIR / "accelerate" / "ddp.yaml"

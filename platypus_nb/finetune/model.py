@@ -1,18 +1,9 @@
-"""The base model at the configured precision, with the Platypus LoRA adapter on top.
+"""The base model at the configured precision (``finetune.precision``), with the Platypus LoRA adapter on top.
 
-Precisions (``finetune.precision``):
-
-| precision | base weights | compute | where it comes from |
-|---|---|---|---|
-| ``fp32`` | fp32 | fp32 | the tiny CPU default |
-| ``bf16`` | bf16 | bf16 autocast | the README's advice for Llama-2-7B; the natural A100 choice |
-| ``fp16`` | fp16 | fp16 autocast + loss scaling | |
-| ``int8`` | LLM.int8 (bitsandbytes), rest fp16 | fp16 autocast | what the original ``finetune.py`` ran |
-| ``nf4`` | 4-bit NF4, double quantisation | ``bnb_4bit_compute_dtype`` | QLoRA |
-
-Without CUDA every 16-bit dtype becomes fp32 (a CPU without bf16/fp16 units runs them far slower, and the issue
-asks for "bf16 (fp32 on CPU)"); the 4- and 8-bit bitsandbytes layers run on CPU as they are. What was actually
-used is recorded in ``train_args.json``.
+``fp32`` (the tiny CPU default); ``bf16`` / ``fp16`` with autocast; ``int8``, what the original ran: LLM.int8 base,
+fp16 autocast; ``nf4``: QLoRA, 4-bit NF4 with double quantisation, ``bnb_4bit_compute_dtype`` compute. Without
+CUDA every 16-bit dtype becomes fp32 (a CPU without bf16/fp16 units runs them far slower); the 4- and 8-bit
+bitsandbytes layers run on CPU as they are. What was used is recorded in ``train_args.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +16,8 @@ import torch
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.finetune.attention import register_segment_sdpa
 
+# Linear layers as transformers' models define them (GPT-2 style models use Conv1D), the layers LoRA adapts here.
+LINEAR_LAYERS = {"Linear", "Conv1D"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -40,7 +33,7 @@ class Precision:
     weights_dtype: str          # dtype of the non-quantized base weights
     quantization: Optional[str]  # None, "int8" or "nf4"
     compute_dtype: str          # nf4 matmul dtype
-    mixed_precision: str        # accelerate's autocast setting: "no", "bf16" or "fp16"
+    mixed_precision: str        # the Trainer's autocast (TrainingArguments bf16 / fp16): "no", "bf16" or "fp16"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +80,8 @@ def quantization_config(precision: Precision, cfg: FinetuneConfig, fsdp: bool = 
 
 
 def check_target_modules(base_model: str, targets: list[str], trust_remote_code: bool = False) -> None:
-    """Every LoRA target must name a module of the base model; checked on an empty (meta) model before loading."""
+    """Every LoRA target must name a Linear layer of the base (checked on an empty, meta-device model): peft
+    matches a target against module names, so ``mlp`` would pick the whole MLP block, which LoRA cannot adapt."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -96,12 +90,19 @@ def check_target_modules(base_model: str, targets: list[str], trust_remote_code:
     config = AutoConfig.from_pretrained(resolve_model(base_model), trust_remote_code=trust_remote_code)
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in empty.named_modules()}
-    missing = [t for t in targets if t not in leaf_names]
+    kinds: dict[str, set[str]] = {}
+    for name, module in empty.named_modules():
+        kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(type(module).__name__)
+    linear = sorted(n for n, k in kinds.items() if k <= LINEAR_LAYERS and n != "lm_head")
+    for target in targets:
+        if not kinds.get(target, LINEAR_LAYERS) <= LINEAR_LAYERS:
+            raise ModelSetupError(f"finetune.lora_target_modules: {target!r} names a {'/'.join(sorted(kinds[target]))} "
+                                  f"in {base_model} ({config.model_type}), not a Linear layer; its Linear layers "
+                                  f"are: {', '.join(linear)}")
+    missing = [t for t in targets if t not in kinds]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in empty.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelSetupError(f"finetune.lora_target_modules: {missing} not found in {base_model} "
-                              f"({config.model_type}); its linear layers are: {', '.join(linear)}")
+                              f"({config.model_type}); its Linear layers are: {', '.join(linear)}")
 
 
 def training_attention(cfg: FinetuneConfig) -> str:
@@ -114,10 +115,8 @@ def training_attention(cfg: FinetuneConfig) -> str:
 
 def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, device: torch.device, seed: int,
                     trust_remote_code: bool = False, fsdp: bool = False) -> Any:
-    """Load the base, prepare it for k-bit training when quantized, and add a freshly initialised LoRA adapter.
-
-    Under FSDP the model is loaded on the CPU and placed (sharded) by FSDP itself.
-    """
+    """Load the base (quantized bases placed on ``device``; the Trainer places the others, FSDP shards them), prepare
+    a quantized base for k-bit training, and add a LoRA adapter initialised from ``seed``."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -131,17 +130,11 @@ def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, 
             kwargs["device_map"] = {"": device}
     model = load_model(base_model, dtype=_DTYPES[precision.weights_dtype], trust_remote_code=trust_remote_code,
                        **kwargs)
-    if quant is None and not fsdp:
-        model.to(device)
     model.config.use_cache = False
     if quant is not None:
-        # The original called prepare_model_for_int8_training (removed in PEFT 0.10); its successor casts norms
-        # and the output layer to fp32 and, like the original's default, turns on gradient checkpointing.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        # The original's prepare_model_for_int8_training was removed in PEFT 0.10; its successor casts norms and
+        # the output layer to fp32. Gradient checkpointing is the Trainer's (TrainingArguments).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     set_seed(seed)  # the same LoRA initialisation in every process and on every resume
@@ -149,15 +142,11 @@ def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: Precision, 
 
 
 def training_flops_per_token(config: Any, lora_params: int, mean_context: float) -> float:
-    """Model FLOPs of one trained token for LoRA on a frozen base (the MFU numerator), PaLM-style accounting.
-
-    Forward: 2 per weight of the decoder's linear layers. Backward: another 2 per weight for the input gradients
-    (frozen weights need no weight gradient) plus 4 per LoRA weight. Attention scores and values: 12 x layers x
-    hidden x context (forward + backward), where ``mean_context`` is the token-weighted mean length of the examples
-    (sum of squared lengths / sum of lengths): a token attends within its own example only. The LM head (tied or not) is
-    counted for target tokens only, separately, by :func:`lm_head_flops_per_target`. Gradient checkpointing's
-    recomputation is not model work and is not counted.
-    """
+    """Model FLOPs of one trained token for LoRA on a frozen base (the MFU numerator), PaLM-style: 2 per decoder
+    weight forward, 2 more for the input gradients (frozen weights need no weight gradient), 4 more per LoRA weight,
+    and 12 x layers x hidden x context for attention, ``mean_context`` being the token-weighted mean example length
+    (a token attends within its example). The LM head counts for target tokens only (:func:`lm_head_flops_per_target`);
+    gradient checkpointing's recomputation is not model work."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or h // heads

@@ -16,7 +16,7 @@ import torch
 
 from platypus_nb.assets import data_file, load_model, load_tokenizer
 from platypus_nb.config import FinetuneConfig
-from platypus_nb.finetune.data import check_cutoff_fits_template, count_steps, tokenize_rows
+from platypus_nb.finetune.data import check_cutoff_fits_template, count_steps, n_targets, tokenize_rows
 from platypus_nb.prompts import render_prompt, response_of
 
 
@@ -40,8 +40,8 @@ def masked_view(row: dict, cfg: FinetuneConfig, base_model: str) -> pd.DataFrame
 
     tokenizer = load_tokenizer(base_model)
     example = tokenize_row(row, tokenizer, cfg)
-    first_target = next(i for i, t in enumerate(example.targets) if t != IGNORE_INDEX) + 1
-    prompt, trained = example.input_ids[:first_target], example.input_ids[first_target:]
+    first_target = next(i for i, t in enumerate(example["shift_labels"]) if t != IGNORE_INDEX) + 1
+    prompt, trained = example["input_ids"][:first_target], example["input_ids"][first_target:]
     return pd.DataFrame([("prompt (label -100)", len(prompt), tokenizer.decode(prompt)),
                          ("response + EOS (in the loss)", len(trained), tokenizer.decode(trained))],
                         columns=["part", "tokens", "text"]).set_index("part")
@@ -53,7 +53,7 @@ def data_summary(rows: list[dict], cfg: FinetuneConfig, base_model: str,
     tokenizer = load_tokenizer(base_model)
     template_tokens = check_cutoff_fits_template(tokenizer, cfg)
     examples, kept = tokenize_rows(rows, tokenizer, cfg)
-    lengths = [len(e) for e in examples]
+    lengths = [len(e["input_ids"]) for e in examples]
     steps = count_steps(len(examples), cfg, max_steps)
     return pd.DataFrame([
         ("rows in the training file", len(rows)),
@@ -61,7 +61,7 @@ def data_summary(rows: list[dict], cfg: FinetuneConfig, base_model: str,
         ("tokens per example: mean / max", f"{statistics.mean(lengths):.0f} / {max(lengths)}"),
         ("examples cut at cutoff_len", sum(n == cfg.cutoff_len for n in lengths)),
         ("share of tokens in the loss (response + EOS)",
-         f"{sum(e.n_targets for e in examples) / sum(lengths):.1%}"),
+         f"{sum(map(n_targets, examples)) / sum(lengths):.1%}"),
         ("tokens of the empty prompt template", template_tokens),
         ("optimizer steps (global batch %d)" % cfg.global_batch_size, steps),
         ("examples trained on", steps * cfg.global_batch_size),
