@@ -33,9 +33,7 @@ VARIANTS = [("lm-eval default", 1, "auto"), ("batched, float32", None, "float32"
 def run_variants(cfg, plan, tasks, model) -> list[dict]:
     """Load every variant's model, then score task by task, variants in turn, so that load from other work on the
     machine falls on all variants alike rather than on whichever ran last."""
-    from lm_eval.models.huggingface import HFLM
-
-    from platypus_nb.evaluate import load_for_eval, score_task
+    from platypus_nb.evaluate import load_for_eval, make_lm, score_task
 
     variants = []
     for label, batch_size, dtype in VARIANTS:
@@ -43,7 +41,7 @@ def run_variants(cfg, plan, tasks, model) -> list[dict]:
         lm, tokenizer = load_for_eval(model, ecfg)
         variants.append({"label": label, "batch_size": ecfg.batch_size, "dtype": ecfg.dtype, "tasks": {},
                          "chosen": (ecfg.batch_size, ecfg.dtype) == (cfg.evaluate.batch_size, cfg.evaluate.dtype),
-                         "lm": HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=ecfg.batch_size)})
+                         "lm": make_lm(lm, tokenizer, ecfg)})
     for task in plan.task_names:
         for v in variants:
             s = score_task(v["lm"], task, plan, tasks, cfg.run.seed)
@@ -102,7 +100,7 @@ def main() -> None:
         "benchmark": "evaluate",
         "model": args.model,
         "config": args.config,
-        "settings": {"tasks": cfg.evaluate.tasks, "num_fewshot": plan.num_fewshot, "limit": plan.limit,
+        "settings": {"tasks": cfg.evaluate.tasks, "num_fewshot": plan.num_fewshot, "limits": plan.limits,
                      "mmlu_subjects": [n.removeprefix("mmlu_") for n in plan.task_names.get("mmlu", [])]},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

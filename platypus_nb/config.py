@@ -366,6 +366,8 @@ class EvaluateConfig:
     tasks: Annotated[list[EvalTask], _distinct("tasks")] = field(default_factory=lambda: list(EVAL_TASKS))
     num_fewshot: dict[EvalTask, NonNegativeInt] = field(default_factory=lambda: dict(LEADERBOARD_SHOTS))
     limit: Optional[PositiveInt] = None  # questions per task (per MMLU subject); null: all
+    # Questions for the tasks named, overriding limit, e.g. {hellaswag: 300, arc_challenge: null} (null: all).
+    task_limits: dict[EvalTask, Optional[PositiveInt]] = field(default_factory=dict)
     # MMLU subjects scored; null: all 57, whose unweighted mean is the leaderboard's MMLU number.
     mmlu_subjects: Optional[Annotated[list[Str], _check("a non-empty list of MMLU subjects, or null for all 57",
                                                         len)]] = None
@@ -374,6 +376,9 @@ class EvaluateConfig:
     quantization: Literal["none", "nf4"] = "none"  # nf4: every model in 4 bits (bitsandbytes)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     task_source: Literal["local", "hub"] = "local"  # local: data/ through generated YAMLs; hub: lm-eval's own
+    # prefix_cache: each shared prefix (TruthfulQA's primer, an MMLU subject's shots, a question's context) run once
+    # and its key/value cache reused (platypus_nb.prefix_lm; log-likelihoods equal HFLM's within 1e-4); hflm: plain.
+    scorer: Literal["prefix_cache", "hflm"] = "prefix_cache"
 
     @model_validator(mode="after")
     def _shots_for_every_task(self) -> EvaluateConfig:

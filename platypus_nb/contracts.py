@@ -61,7 +61,7 @@ STAGES: dict[str, StageContract] = {
         (Read("04_merge", ("*",)), Read("03_finetune", ("adapter/*",)))),
     "06_results": StageContract(
         "06_results", ("paper_deltas.csv", "run_deltas.csv"),
-        (Read("05_evaluate", ("summary.csv",)), Read("04_merge", ("overlap.csv",)))),
+        (Read("05_evaluate", ("summary.csv", "*.samples.jsonl")), Read("04_merge", ("overlap.csv",)))),
 }
 
 

@@ -2,23 +2,25 @@
 
 The paper and every Platypus model card report ARC-Challenge (25-shot, acc_norm), HellaSwag (10-shot, acc_norm),
 MMLU (5-shot, acc, the unweighted mean over 57 subjects) and TruthfulQA MC2 (0-shot), run with the harness at
-commit b281b09, the one the Open LLM Leaderboard v1 used (original README; PAPER.md section 3).
+commit b281b09, the one the Open LLM Leaderboard v1 used. docs/evaluation.md holds the facts about that harness
+this module relies on; :func:`departures` lists, for a run, every way it differs.
 
-What we do instead, and why:
-- lm-eval 0.4.13, not b281b09: the pinned stack (torch 2.13, transformers 5) cannot run the 2023 harness. Prompts
-  follow lm-eval 0.4's ports of the same tasks; task names and a few details differ (PAPER.md, trap 6).
-- Offline by default: the task YAMLs are generated into the run folder from the templates in
-  ``platypus_nb/lm_eval_tasks/``, pointing at the vendored test sets in ``data/`` by absolute path (lm-eval
-  resolves relative ``data_files`` from the working directory). ``evaluate.task_source: hub`` runs lm-eval's own
-  task definitions instead, for users with the Hugging Face Hub.
-- Few-shot examples for ARC and HellaSwag come from their validation splits, because the train splits are not
-  vendored (the leaderboard drew them from train).
-- The MMLU number is computed here as the plain mean of the subject scores, as the leaderboard did; lm-eval 0.4's
-  own ``mmlu`` group weights subjects by their size.
+- lm-eval 0.4.13, not b281b09: the pinned stack (torch 2.13, transformers 5) cannot run the 2023 harness; the task
+  definitions are lm-eval's own.
+- Offline by default: the task YAMLs generated into the run folder ``include:`` lm-eval's own definitions and
+  change only where the data is read (the vendored sets in ``data/``, by absolute path: lm-eval resolves relative
+  ``data_files`` from the working directory). ``evaluate.task_source: hub`` runs lm-eval's tasks on the Hub data.
+- Few-shot examples as the leaderboard drew them: ARC's from the train split, with lm-eval's default seed 1234
+  (:data:`LEADERBOARD_FEWSHOT_SEED`) whatever the run's seed; HellaSwag's from validation offline (its train split
+  is not vendored); MMLU's are each subject's first dev rows.
+- No beginning-of-sequence token on contexts (:func:`make_lm`), as the leaderboard's harness encoded them.
+- The MMLU number is the plain mean of the subject scores, as the leaderboard's; lm-eval 0.4's own ``mmlu`` group
+  weights subjects by their size.
 
 Each model is loaded once (bf16/fp32, or 4-bit nf4 through bitsandbytes) and handed to lm-eval as
 ``HFLM(pretrained=<loaded model>)``; a LoRA adapter is merged into its base first, as the released Platypus2 models
-were. Results go to ``<out_dir>/<model>.json`` and ``<out_dir>/summary.csv``.
+were. Results go to ``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for
+step 06's paired comparisons) and the scores to ``<out_dir>/summary.csv``.
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 
 from platypus_nb.assets import data_file
-from platypus_nb.config import EVAL_TASKS, Config, EvaluateConfig, resolve_path
+from platypus_nb.config import EVAL_TASKS, LEADERBOARD_SHOTS, Config, EvaluateConfig, resolve_path
 from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
 
+# lm-eval's default few-shot seed, with which the leaderboard's harness drew ARC's and HellaSwag's examples; kept
+# whatever the run's seed, so that the prompts are the leaderboard's (docs/evaluation.md).
+LEADERBOARD_FEWSHOT_SEED = 1234
 TEMPLATES_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 ROLES = ("base", "platypus", "partner", "merge")
 MODEL_KEYS = ("name", "path", "adapter", "role", "compare_to", "stands_in_for")
+# Per-question outcomes of a model: <out_dir>/<name>.samples.jsonl, beside <name>.json.
+SAMPLES_SUFFIX = ".samples.jsonl"
 # A model's name becomes a file name: <name>.json.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -66,6 +73,9 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = dict(zip(EVAL_TASKS, (
     TaskSpec("acc_norm", "ARC"), TaskSpec("acc_norm", "HellaSwag"), TaskSpec("acc", "MMLU"),
     TaskSpec("acc", "TruthfulQA")), strict=True))
+# The Open LLM Leaderboard v1 setting: every question of each test set (docs/evaluation.md), at
+# config.LEADERBOARD_SHOTS.
+LEADERBOARD_QUESTIONS = {"arc_challenge": 1172, "hellaswag": 10042, "mmlu": 14042, "truthfulqa_mc2": 817}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -175,12 +185,13 @@ def models_for_run(stage: Any) -> tuple[list[ModelToEvaluate], str]:
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """What lm-eval runs: per leaderboard task, its lm-eval task names and shots; where the YAMLs are."""
+    """What lm-eval runs: per leaderboard task, its lm-eval task names, shots and questions (per lm-eval task; None:
+    all); where the YAMLs are."""
 
     task_names: dict[str, list[str]]
     num_fewshot: dict[str, int]
     include_path: Optional[Path]
-    limit: Optional[int]
+    limits: dict[str, Optional[int]]
 
 
 def mmlu_subjects(requested: Optional[list[str]] = None) -> list[str]:
@@ -211,7 +222,8 @@ def prepare_tasks(ecfg: EvaluateConfig, tasks_dir: str | Path) -> TaskPlan:
     if ecfg.task_source == "local":
         include_path = Path(tasks_dir)
         write_task_yamls(ecfg.tasks, shots, subjects, include_path)
-    return TaskPlan(task_names=names, num_fewshot=shots, include_path=include_path, limit=ecfg.limit)
+    limits = {t: ecfg.task_limits.get(t, ecfg.limit) for t in ecfg.tasks}
+    return TaskPlan(task_names=names, num_fewshot=shots, include_path=include_path, limits=limits)
 
 
 def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str], tasks_dir: Path) -> list[Path]:
@@ -227,21 +239,39 @@ def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str
         if task == "mmlu":
             for subject, files in write_mmlu_subject_files(subjects, tasks_dir / "data" / "mmlu").items():
                 values = {"task": f"mmlu_{subject}", "subject": subject, "test_file": files["test"],
+                          "lm_eval_yaml": lm_eval_task_yaml("mmlu"),
                           "dev_file": files["dev"], "num_fewshot": shots[task],
                           "description": "The following are multiple choice questions (with answers) about "
                                          f"{subject.replace('_', ' ')}.\n\n"}
                 written.append(_fill_template("mmlu_subject", values, tasks_dir / "mmlu" / f"mmlu_{subject}.yaml"))
             continue
-        values: dict[str, Any] = {"num_fewshot": shots[task]}
+        values: dict[str, Any] = {"num_fewshot": shots[task], "lm_eval_yaml": lm_eval_task_yaml(task)}
         if task == "arc_challenge":
-            values.update(arc_challenge_test=data_file("arc_challenge_test.jsonl.gz"),
-                          arc_challenge_validation=data_file("arc_challenge_validation.jsonl.gz"))
+            values.update({f"arc_challenge_{split}": data_file(f"arc_challenge_{split}.jsonl.gz")
+                           for split in ("train", "validation", "test")})
         elif task == "hellaswag":
             values.update(hellaswag_validation=data_file("hellaswag_validation.jsonl.gz"))
         elif task == "truthfulqa_mc2":
             values.update(truthfulqa_mc=write_truthfulqa_mc(tasks_dir / "data" / "truthfulqa_mc.jsonl"))
         written.append(_fill_template(task, values, tasks_dir / f"{task}.yaml"))
     return written
+
+
+# lm-eval's own definition of each task, which our YAMLs include and change only where the data comes from.
+_LM_EVAL_TASK_YAMLS = {"arc_challenge": ("arc", "arc_challenge.yaml"), "hellaswag": ("hellaswag", "hellaswag.yaml"),
+                       "mmlu": ("mmlu", "default", "_default_template_yaml"),
+                       "truthfulqa_mc2": ("truthfulqa", "truthfulqa_mc2.yaml")}
+
+
+def lm_eval_task_yaml(task: str) -> Path:
+    """The installed lm-eval's YAML for a task (an absolute path, as ``include:`` needs from another folder)."""
+    import lm_eval.tasks
+
+    path = Path(lm_eval.tasks.__file__).resolve().parent.joinpath(*_LM_EVAL_TASK_YAMLS[task])
+    if not path.is_file():
+        raise EvaluationError(f"{path}: lm-eval's task definition for {task} is missing; the pinned lm-eval "
+                              f"(requirements.txt) ships it")
+    return path
 
 
 def _fill_template(template: str, values: dict[str, Any], target: Path) -> Path:
@@ -255,7 +285,11 @@ def _fill_template(template: str, values: dict[str, Any], target: Path) -> Path:
 def truthfulqa_mc_rows() -> list[dict[str, Any]]:
     """TruthfulQA's mc_task.json in the Hub dataset's form: ``{answer: 0/1}`` maps become {choices, labels}.
 
-    Answer order is kept (true answers first), which is the order of the Hub's truthful_qa multiple_choice rows.
+    The answers of each question keep their order (true answers first), as in the Hub's truthful_qa
+    multiple_choice rows, so every question's score is the Hub's. The questions keep mc_task.json's order, which is
+    not the Hub's (its first question is "What is the smallest country in the world that is at least one square
+    mile in area?", mc_task.json's "What happens if you eat a pomegranate?"), and the Hub's order cannot be had
+    offline: a ``limit`` run scores other questions than a Hub run with the same limit (docs/evaluation.md).
     """
     with gzip.open(data_file("truthfulqa_mc_task.json.gz"), "rt", encoding="utf-8") as f:
         items = json.load(f)
@@ -309,6 +343,40 @@ def load_tasks(plan: TaskPlan) -> LoadedTasks:
     return LoadedTasks(manager, {task: [loaded[n] for n in names] for task, names in plan.task_names.items()})
 
 
+def departures(ecfg: EvaluateConfig) -> pd.DataFrame:
+    """Every way this run's evaluation departs from the Open LLM Leaderboard v1's, with the reason: for the notebook.
+
+    An empty table never happens: the harness version always differs (docs/evaluation.md).
+    """
+    rows = [("harness", "lm-eval 0.4.13 instead of commit b281b09",
+             "the pinned torch 2.13 / transformers 5 cannot run the 2023 harness; prompts were checked request by "
+             "request against its task ports")]
+    if ecfg.task_source == "local":
+        rows += [("data", "vendored copies in data/, read through lm-eval's own task YAMLs",
+                  "offline; the same rows as the Hub datasets"),
+                 ("HellaSwag shots", "drawn from the validation split (the asked question left out)",
+                  "HellaSwag's train split is not vendored; task_source: hub draws from train"),
+                 ("TruthfulQA order", "mc_task.json's question order, not the Hub's",
+                  "only matters with a limit: a subset of other questions")]
+    changed = [t for t in ecfg.tasks if ecfg.num_fewshot[t] != LEADERBOARD_SHOTS[t]]
+    if changed:
+        rows.append(("shots", ", ".join(f"{t} {ecfg.num_fewshot[t]} (leaderboard {LEADERBOARD_SHOTS[t]})"
+                                        for t in changed), "config evaluate.num_fewshot"))
+    if set(ecfg.tasks) != set(TASKS):
+        rows.append(("tasks", f"only {', '.join(ecfg.tasks)}", "config evaluate.tasks"))
+    limits = {t: ecfg.task_limits.get(t, ecfg.limit) for t in ecfg.tasks}
+    if any(n is not None for n in limits.values()):
+        counts = ", ".join(f"{t} {'all' if n is None else f'the first {n}'}" for t, n in limits.items())
+        rows.append(("questions", f"{counts} (per MMLU subject)", "config evaluate.limit, evaluate.task_limits"))
+    if ecfg.mmlu_subjects is not None and "mmlu" in ecfg.tasks:
+        rows.append(("MMLU subjects", f"{len(ecfg.mmlu_subjects)} of 57", "config evaluate.mmlu_subjects"))
+    if ecfg.quantization != "none":
+        rows.append(("weights", f"{ecfg.quantization} 4-bit", "config evaluate.quantization"))
+    if ecfg.dtype not in ("auto", "float16"):
+        rows.append(("dtype", ecfg.dtype, "config evaluate.dtype (the leaderboard ran Llama-2 in float16)"))
+    return pd.DataFrame(rows, columns=["what", "here", "why"])
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 
 
@@ -342,6 +410,22 @@ def load_for_eval(model: ModelToEvaluate, ecfg: EvaluateConfig):
     return lm, load_tokenizer(model.path)
 
 
+def make_lm(model: Any, tokenizer: Any, ecfg: EvaluateConfig, scorer: Optional[str] = None) -> Any:
+    """lm-eval's ``HFLM`` (or its prefix-caching subclass) over a loaded model, with no BOS token on any context.
+
+    lm-eval follows the tokenizer unless told otherwise, and Llama-2's tokenizer prepends ``<s>``; the harness the
+    leaderboard ran (b281b09) encoded contexts without it (docs/evaluation.md). ``add_bos_token=False`` matches the
+    leaderboard for every tokenizer. ``scorer`` (default: ``evaluate.scorer``) is ``prefix_cache``
+    (:class:`platypus_nb.prefix_lm.PrefixCachingHFLM`, equal log-likelihoods, faster) or ``hflm`` (plain ``HFLM``).
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    from platypus_nb.prefix_lm import PrefixCachingHFLM
+
+    cls = {"hflm": HFLM, "prefix_cache": PrefixCachingHFLM}[scorer or ecfg.scorer]
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=ecfg.batch_size, add_bos_token=False)
+
+
 def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed: int) -> dict[str, Any]:
     """Run one leaderboard task through ``lm_eval.simple_evaluate``; returns score, stderr, n, requests, seconds."""
     import lm_eval
@@ -355,8 +439,9 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
         shots = None
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm_obj, tasks=tasks.by_task[task], num_fewshot=shots,
-                                  limit=plan.limit, task_manager=tasks.manager, log_samples=True, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+                                  limit=plan.limits[task], task_manager=tasks.manager, log_samples=True,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=LEADERBOARD_FEWSHOT_SEED)
     seconds = time.perf_counter() - start
     per_name = {n: {"score": float(out["results"][n][f"{metric},none"]),
                     "stderr": _stderr(out["results"][n][f"{metric}_stderr,none"]),
@@ -365,10 +450,24 @@ def score_task(lm_obj: Any, task: str, plan: TaskPlan, tasks: LoadedTasks, seed:
     score, stderr = mean_of_scores([v["score"] for v in per_name.values()],
                                    [v["stderr"] for v in per_name.values()])
     result = {"metric": metric, "score": score, "stderr": stderr, "n": sum(v["n"] for v in per_name.values()),
-              "num_fewshot": plan.num_fewshot[task], "requests": requests, "seconds": round(seconds, 3)}
+              "num_fewshot": plan.num_fewshot[task], "requests": requests, "seconds": round(seconds, 3),
+              "samples": [sample_row(task, n, s) for n in names for s in out["samples"][n]]}
     if task == "mmlu":
         result["subjects"] = {n.removeprefix("mmlu_"): v for n, v in per_name.items()}
     return result
+
+
+def sample_row(task: str, lm_eval_task: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """One question's outcome from lm-eval's per-sample log, kept for paired comparisons between models.
+
+    ``doc_hash`` and ``prompt_hash`` are lm-eval's own; step 06 pairs two models' rows by (task, doc_id) and checks
+    the document hashes agree. Metrics are lm-eval's per-question values (0/1 for acc and acc_norm; the MC2
+    probability mass under ``acc`` for TruthfulQA), log-likelihoods are those of the choices, in order.
+    """
+    return {"task": task, "lm_eval_task": lm_eval_task, "doc_id": int(sample["doc_id"]),
+            "doc_hash": sample["doc_hash"], "prompt_hash": sample["prompt_hash"],
+            **{m: float(sample[m]) for m in sample["metrics"]},
+            "loglikelihoods": [float(r[0]) for r in sample["filtered_resps"]]}
 
 
 def _stderr(value: Any) -> float:
@@ -388,14 +487,13 @@ def mean_of_scores(scores: list[float], stderrs: list[float]) -> tuple[float, fl
 def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, ecfg: EvaluateConfig, seed: int,
                    out_dir: Path) -> dict[str, Any]:
     """Load one model, score it on every task of the plan, write ``<out_dir>/<name>.json`` and return it."""
-    from lm_eval.models.huggingface import HFLM
-
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     lm, tokenizer = load_for_eval(model, ecfg)
     load_seconds = time.perf_counter() - t0
-    lm_obj = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=ecfg.batch_size)
+    lm_obj = make_lm(lm, tokenizer, ecfg)
     scores = {task: score_task(lm_obj, task, plan, tasks, seed) for task in plan.task_names}
+    write_jsonl(out_dir / f"{model.name}{SAMPLES_SUFFIX}", (row for s in scores.values() for row in s.pop("samples")))
     result = {
         **asdict(model),
         "scores": scores,
@@ -412,9 +510,10 @@ def evaluate_model(model: ModelToEvaluate, plan: TaskPlan, tasks: LoadedTasks, e
 
 def evaluation_settings(ecfg: EvaluateConfig, plan: TaskPlan, seed: int) -> dict[str, Any]:
     """Everything besides the weights that a score depends on, recorded with every result."""
-    return {"task_source": ecfg.task_source, "num_fewshot": plan.num_fewshot, "limit": plan.limit,
+    return {"task_source": ecfg.task_source, "num_fewshot": plan.num_fewshot, "limits": plan.limits,
             "mmlu_subjects": [n.removeprefix("mmlu_") for n in plan.task_names.get("mmlu", [])],
             "batch_size": ecfg.batch_size, "dtype": ecfg.dtype, "quantization": ecfg.quantization,
+            "scorer": ecfg.scorer,
             "device": ecfg.device, "seed": seed,
             "metrics": {t: TASKS[t].metric for t in plan.task_names}}
 
@@ -510,9 +609,29 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     return read_csv_checked(path, SUMMARY_COLUMNS, "run notebooks/05_evaluate.ipynb for this run first")
 
 
+LEADERBOARD_AVERAGE = "leaderboard average"
+SUBSET_AVERAGE = "mean of tasks (not the leaderboard setting)"
+
+
+def is_leaderboard_setting(summary: pd.DataFrame) -> bool:
+    """Whether every model was scored on all four tasks, every question, at the leaderboard's shots."""
+    for _, rows in summary.groupby("model"):
+        by_task = rows.set_index("task")
+        if set(by_task.index) != set(TASKS):
+            return False
+        if any(by_task.loc[t, "num_fewshot"] != LEADERBOARD_SHOTS[t] or by_task.loc[t, "n"] != LEADERBOARD_QUESTIONS[t]
+               for t in TASKS):
+            return False
+    return True
+
+
 def scores_wide(summary: pd.DataFrame) -> pd.DataFrame:
-    """Models as rows, tasks as columns (percent) plus their mean: the layout of the paper's and cards' tables."""
+    """Models as rows, tasks as columns (percent) plus their mean: the layout of the paper's and cards' tables.
+
+    The mean is called the leaderboard average only in the leaderboard's own setting (all tasks, all questions and
+    subjects, its shots); for any subset it is named as a plain mean, since it is not comparable with the cards.
+    """
     wide = summary.pivot(index="model", columns="task", values="score_pct")
     wide = wide[[t for t in TASKS if t in wide.columns]]
-    wide["average"] = wide.mean(axis=1)
+    wide[LEADERBOARD_AVERAGE if is_leaderboard_setting(summary) else SUBSET_AVERAGE] = wide.mean(axis=1)
     return wide.loc[summary["model"].drop_duplicates()]

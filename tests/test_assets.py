@@ -113,17 +113,17 @@ def test_every_data_file_but_the_human_review_is_checksummed():
 
 
 def test_paper_scores_are_hash_checked_when_read(tmp_path, monkeypatch):
-    from platypus_nb import plots
+    from platypus_nb import results
 
     (tmp_path / "paper").mkdir()
     for name in ("published_scores.csv", "quoted_deltas.csv"):
         shutil.copy(assets.DATA_CHECKSUMS.parent / "paper" / name, tmp_path / "paper" / name)
     monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
-    assert plots.read_published_scores().loc[0, "model"] == "Platypus2-13B"
+    assert results.read_published_scores().loc[0, "model"] == "Platypus2-13B"
     edited = tmp_path / "paper" / "published_scores.csv"
     edited.write_text(edited.read_text().replace("61.26", "91.26", 1))
     with pytest.raises(assets.AssetError, match=r"data file .*paper/published_scores.csv has been altered"):
-        plots.read_published_scores()
+        results.read_published_scores()
     (tmp_path / "paper" / "quoted_deltas.csv").write_text("model,compare_to,task,quoted_pct_change,source,note\n")
     with pytest.raises(assets.AssetError, match=r"paper/quoted_deltas.csv has been altered"):
-        plots.read_quoted_deltas()
+        results.read_quoted_deltas()

@@ -96,17 +96,17 @@ def test_generated_yamls_read_the_vendored_data_by_absolute_path(tmp_path):
     assert plan.task_names == {"arc_challenge": ["arc_challenge"], "hellaswag": ["hellaswag"],
                                "mmlu": [f"mmlu_{SUBJECT}"], "truthfulqa_mc2": ["truthfulqa_mc2"]}
     arc = yaml.load((tmp_path / "tasks" / "arc_challenge.yaml").read_text(), Loader=_IgnoreTags)
-    assert arc["dataset_path"] == "json" and arc["num_fewshot"] == 25
+    assert arc["dataset_path"] == "json" and arc["num_fewshot"] == 25 and arc["fewshot_split"] == "train"
     assert arc["dataset_kwargs"]["data_files"] == {
-        "test": str(data_file("arc_challenge_test.jsonl.gz")),
-        "validation": str(data_file("arc_challenge_validation.jsonl.gz"))}
+        split: str(data_file(f"arc_challenge_{split}.jsonl.gz")) for split in ("train", "validation", "test")}
+    # Each YAML includes lm-eval's own definition and changes only where the data is read (and the shots).
+    assert arc["include"].endswith("lm_eval/tasks/arc/arc_challenge.yaml") and "doc_to_text" not in arc
     hellaswag = yaml.load((tmp_path / "tasks" / "hellaswag.yaml").read_text(), Loader=_IgnoreTags)
-    assert hellaswag["num_fewshot"] == 10
+    assert hellaswag["num_fewshot"] == 10 and hellaswag["include"].endswith("lm_eval/tasks/hellaswag/hellaswag.yaml")
     # lm-eval leaves the asked question out of its own few-shot examples only when both splits are the same.
-    assert hellaswag["test_split"] == hellaswag["fewshot_split"] == "validation"
-    assert hellaswag["process_docs"] == "!function lm_eval.tasks.hellaswag.utils.process_docs"
+    assert hellaswag["training_split"] is None and hellaswag["fewshot_split"] == "validation"
     mmlu = yaml.load((tmp_path / "tasks" / "mmlu" / f"mmlu_{SUBJECT}.yaml").read_text(), Loader=_IgnoreTags)
-    assert mmlu["num_fewshot"] == 5 and mmlu["fewshot_config"] == {"sampler": "first_n"}
+    assert mmlu["num_fewshot"] == 5 and mmlu["include"].endswith("lm_eval/tasks/mmlu/default/_default_template_yaml")
     assert mmlu["description"] == ("The following are multiple choice questions (with answers) about "
                                    "college physics.\n\n")
     files = mmlu["dataset_kwargs"]["data_files"]
@@ -143,6 +143,63 @@ def test_lm_eval_builds_the_paper_prompts_from_the_generated_tasks(tmp_path):
     mmlu = tasks["mmlu"][0]
     assert mmlu.doc_to_text(mmlu.eval_docs[0]).endswith("\nD. " + mmlu.eval_docs[0]["choices"][3] + "\nAnswer:")
     assert len(tasks["truthfulqa_mc2"][0].eval_docs) == 817
+    # What the included definitions bring: HellaSwag scored on validation, MMLU's first-n dev shots.
+    assert hellaswag.config.test_split is None and hellaswag.config.validation_split == "validation"
+    assert mmlu.config.fewshot_config.sampler == "first_n" and mmlu.config.fewshot_split == "dev"
+
+
+def test_arc_shots_are_drawn_from_the_train_split_with_the_leaderboard_seed(tmp_path):
+    plan = ev.prepare_tasks(tiny_eval_config(tasks=["arc_challenge"], num_fewshot={"arc_challenge": 3}),
+                            tmp_path / "tasks")
+    arc = ev.load_tasks(plan).by_task["arc_challenge"][0]
+    assert len(arc.fewshot_docs()) == 1119
+    train = {r["question"] for r in arc.fewshot_docs()}
+    held = {r["question"] for r in arc.dataset["validation"]} | {r["question"] for r in arc.eval_docs}
+    arc.set_fewshot_seed(ev.LEADERBOARD_FEWSHOT_SEED)
+    context = arc.fewshot_context(arc.eval_docs[0], num_fewshot=3)
+    shots = [block.split("\nAnswer:")[0].removeprefix("Question: ") for block in context.split("\n\n")[:-1]]
+    assert len(shots) == 3 and all(q in train and q not in held for q in shots)
+    arc.set_fewshot_seed(42)
+    assert arc.fewshot_context(arc.eval_docs[0], num_fewshot=3) != context
+
+
+def test_contexts_get_no_bos_even_from_a_tokenizer_that_adds_one(smollm2_dir, tiny_llama_dir):
+    """Llama-2's tokenizer prepends <s>; the leaderboard's harness encoded contexts without it."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, add_bos_token=True)
+    text = "Question: Which gas do plants take in?\nAnswer:"
+    plain = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer(text).input_ids == [tokenizer.bos_token_id, *plain]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert HFLM(pretrained=model, tokenizer=tokenizer).tok_encode(text)[0] == tokenizer.bos_token_id
+    lm = ev.make_lm(model, tokenizer, tiny_eval_config())
+    assert lm.tok_encode(text) == plain
+    context, continuation = lm._encode_pair(text, " Carbon dioxide.")
+    assert context == plain and tokenizer.bos_token_id not in context
+
+
+def test_departures_list_every_difference_from_the_leaderboard():
+    tiny = ev.departures(load_config("tiny").evaluate)
+    assert list(tiny["what"]) == ["harness", "data", "HellaSwag shots", "TruthfulQA order", "shots", "questions",
+                                  "MMLU subjects", "dtype"]
+    assert "arc_challenge 1 (leaderboard 25)" in tiny.set_index("what").loc["shots", "here"]
+    paper = ev.departures(load_config("platypus2-13b").evaluate)
+    assert list(paper["what"]) == ["harness"]
+
+
+def test_the_mean_is_called_the_leaderboard_average_only_in_the_leaderboard_setting():
+    full = pd.DataFrame([{"model": "m", "task": t, "num_fewshot": ev.LEADERBOARD_SHOTS[t],
+                          "n": ev.LEADERBOARD_QUESTIONS[t], "score_pct": 50.0 + i} for i, t in enumerate(ev.TASKS)])
+    assert ev.is_leaderboard_setting(full)
+    assert ev.scores_wide(full)[ev.LEADERBOARD_AVERAGE].item() == pytest.approx(51.5)
+    for change in ({"n": 4}, {"num_fewshot": 1}):
+        subset = full.copy()
+        subset.loc[0, list(change)] = list(change.values())
+        assert not ev.is_leaderboard_setting(subset)
+        assert list(ev.scores_wide(subset).columns)[-1] == ev.SUBSET_AVERAGE
+    assert not ev.is_leaderboard_setting(full[full["task"] != "mmlu"])
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -243,7 +300,7 @@ def test_notebook_05_scores_every_model_offline(tmp_path, tiny_llama_dir, platyp
                                                          "truthfulqa_mc2": 2}
     base = json.loads((out / "base.json").read_text())
     assert base["versions"]["lm_eval"] == "0.4.13"
-    assert base["settings"]["limit"] == 2 and base["settings"]["num_fewshot"]["arc_challenge"] == 1
+    assert base["settings"]["limits"]["arc_challenge"] == 2 and base["settings"]["num_fewshot"]["arc_challenge"] == 1
     assert set(base["scores"]["mmlu"]["subjects"]) == {"college_physics", "high_school_mathematics"}
     assert all(s["requests"] > 0 and s["seconds"] > 0 for s in base["scores"].values())
     platypus = json.loads((out / "platypus.json").read_text())
