@@ -7,7 +7,8 @@ of every input file a step read, and to check that a finished notebook wrote its
 cannot drift from what the notebooks do.
 
 Training rows (step 01's ``open_platypus.jsonl``, step 02's ``clean.jsonl``, a user's own JSONL) are read by steps
-02 and 03 through :func:`read_training_rows`: one reader, one rule, one error style (file, line, key, expectation).
+02, 03 and 04 through :func:`read_training_rows`: one reader, one rule, one error style (file, line, key,
+expectation); :func:`question_text` is the one text of a row that any stage embeds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class StageContract:
     reads: tuple[Read, ...] = ()
 
 
+# The list of models step 04 writes and step 05 evaluates, each with the model it is compared with.
+MODELS_JSON = "models.json"
+
 # Notebook file stem -> contract. Files are relative to the stage's output folder.
 STAGES: dict[str, StageContract] = {
     "00_setup": StageContract("00_setup"),
@@ -53,7 +57,7 @@ STAGES: dict[str, StageContract] = {
                         "train_args.json"),
         (Read("02_contamination_analysis", ("clean.jsonl",)),)),
     "04_merge": StageContract(
-        "04_merge", ("models.json", "merge_report.json"),
+        "04_merge", (MODELS_JSON, "merge_report.json", "overlap.csv"),
         (Read("03_finetune", ("adapter/*",)), Read("02_contamination_analysis", ("clean.jsonl",)))),
     # models.json and the merged model folders it lists; step 03's adapter when step 04 did not run.
     "05_evaluate": StageContract(

@@ -43,6 +43,7 @@ import pandas as pd
 
 from platypus_nb.assets import data_file
 from platypus_nb.config import EVAL_TASKS, LEADERBOARD_SHOTS, Config, EvaluateConfig, resolve_path
+from platypus_nb.contracts import MODELS_JSON
 from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
 
 # lm-eval's default few-shot seed, with which the leaderboard's harness drew ARC's and HellaSwag's examples; kept
@@ -163,7 +164,7 @@ def models_for_run(stage: Any) -> tuple[list[ModelToEvaluate], str]:
 
     Returns the list and a sentence saying where it came from, for the notebook to show.
     """
-    models_json = stage.output_of("04_merge") / "models.json"
+    models_json = stage.output_of("04_merge") / MODELS_JSON
     if models_json.is_file():
         return read_models(models_json), f"models from {models_json}"
     base = stage.cfg.model.base

@@ -458,6 +458,7 @@ def _execute_step(step: Step, lineage: _Lineage, manifest: dict[str, Any], param
     _save_manifest(run_dir, manifest)
     lineage.completed(step)
 
+
 def _describe_error(e: Exception) -> str:
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
     if ename:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 
 from platypus_nb import contamination as C
-from platypus_nb.assets import data_file
 from platypus_nb.config import ConfigError, load_config
-from platypus_nb.contamination.detector_eval import scores
+from platypus_nb.contamination.detector_eval import load_eval_rows, scores
 from platypus_nb.embeddings import EmbeddingCache
-from platypus_nb.io import read_jsonl
 
 HISTORY = "mmlu:high_school_us_history:178"
 # A pinned subset of the evaluation set: rewordings today's rules miss (a stem without its passage, synonyms, a
@@ -79,7 +77,7 @@ def _run(rows: list[dict], items: list[C.TestItem], cfg) -> tuple[set[int], dict
 
 @pytest.fixture(scope="module")
 def pinned():
-    rows = {r["id"]: r for r in read_jsonl(data_file("contamination_detector_eval.jsonl.gz"))}
+    rows = {r["id"]: r for r in load_eval_rows()}
     chosen = [rows[i] for i in PINNED_POSITIVES + PINNED_NEGATIVES]
     wanted = {r["test_id"] for r in chosen}
     # the pinned rows' own items among the first items of each set, so retrieval has distractors to pass over

@@ -52,8 +52,6 @@ KINDS = {
     "other_numbers": "a test question with every number changed (the same template, another problem)",
     "other_entity": "a TruthfulQA question with its named place or person swapped for another",
 }
-POSITIVE_KINDS = ("verbatim", "options_appended", "options_reordered", "options_dropped", "synonyms", "reframed",
-                  "passage_stripped", "context_continued", "voice_changed")
 
 # Exam-question synonyms, written by hand: each word maps to one replacement of the same part of speech.
 SYNONYMS = {
@@ -386,7 +384,7 @@ NEGATIVE_COUNTS = {"same_subject": 200, "arc_validation": 100, "other_numbers": 
 
 def build_eval_set(seed: int = 0) -> list[dict]:
     """The whole set, positives then negatives, from the vendored data."""
-    items_by_set = {name: load_test_set(name) for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")}
+    items_by_set = {name: load_test_set(name) for name in LEADERBOARD_TEST_SETS}
     return (build_positives(items_by_set, seed, POSITIVE_COUNTS) + build_hand_written(items_by_set)
             + build_negatives(items_by_set, seed, NEGATIVE_COUNTS))
 

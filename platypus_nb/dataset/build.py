@@ -234,9 +234,11 @@ def threshold_table(build: DatasetBuild, cfg: Config, thresholds=(0.7, 0.8, 0.9)
 
 def write_outputs(build: DatasetBuild, cfg: Config, out_dir: Path,
                   comparison: Optional[pd.DataFrame] = None) -> dict[str, Path]:
-    """Write removed.csv, composition.csv, kept_rows.csv, summary.json, README.md, then open_platypus.jsonl.
+    """Write removed.csv, composition.csv, kept_rows.csv, open_platypus.jsonl, then summary.json (which records the
+    training file's sha256) and the dataset card README.md.
 
-    Every file is written atomically; the training file comes last, so its presence means the rest is there.
+    Every file is written atomically; the runner takes the step as finished only once every declared output exists
+    (platypus_nb.contracts), so a kill between two writes re-runs the step.
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in ("removed.csv", "composition.csv", "kept_rows.csv", "summary.json",

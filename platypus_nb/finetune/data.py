@@ -30,8 +30,9 @@ class TrainingDataError(ValueError):
 def load_train_rows(source: list[dict] | str | Path) -> list[dict[str, Any]]:
     """Rows ``{instruction, input, output, ...}`` from a list or a JSONL file, checked before any training starts.
 
-    One schema and reader for steps 02 and 03 (:mod:`platypus_nb.contracts`): ``instruction`` and ``output``
-    non-empty strings, ``input`` and ``data_source`` strings or null.
+    One schema and reader for steps 02, 03 and 04 (:mod:`platypus_nb.contracts`): ``instruction`` a non-empty
+    string, ``output`` a string (may be empty, as the original build kept), ``input`` and ``data_source`` strings
+    or null.
     """
     from platypus_nb.contracts import TrainingRowsError, check_training_rows, read_training_rows
 
@@ -147,7 +148,7 @@ def step_batches(items: Sequence[dict], cfg: FinetuneConfig, rank: int, world_si
         if cfg.packing:
             forwards = _first_fit_decreasing(share, lengths, per_forward * cfg.cutoff_len)
             batches += [[]] * (g // per_forward // world_size - len(forwards)) + forwards
-        else:  # longest first, as the former loop grouped them (padding only; group_by_length adds nothing)
+        else:  # longest first (padding only; group_by_length adds nothing)
             batches += [share[k:k + per_forward] for k in range(0, len(share), per_forward)]
     return batches
 

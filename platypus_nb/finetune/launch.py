@@ -1,4 +1,4 @@
-"""``world_size > 1``: the same training loop in N processes through ``accelerate launch``.
+"""``world_size > 1``: the same Trainer in N processes through ``accelerate launch``.
 
 The job goes to the processes as a JSON file; each runs :func:`platypus_nb.finetune.trainer.run_training`. Without
 CUDA the processes form a gloo group on the CPU (accelerate's MULTI_CPU), which is how the tests check DDP here.

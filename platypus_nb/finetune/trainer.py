@@ -199,7 +199,7 @@ def run_training(job: TrainJob) -> None:
     if trainer.is_world_process_zero():
         commit(out_dir / ".adapter.partial", out_dir / "adapter")
         log = [h for h in trainer.state.log_history if "token_loss" in h]
-        metrics = _summarise(log, cfg, precision, args.world_size, len(rows) - len(kept), len(examples), lora_params,
+        metrics = _summarise(log, precision, args.world_size, len(rows) - len(kept), len(examples), lora_params,
                              trainer.accelerator.unwrap_model(model).config, examples, plan, job.resumed_from_steps)
         atomic_write_json(out_dir / "metrics.json", metrics)
         atomic_write_json(out_dir / "train_args.json", _train_args(job, cfg, precision, args, n_steps))
@@ -212,7 +212,7 @@ def _peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _summarise(log: list[dict], cfg: FinetuneConfig, precision: Any, world: int, dropped: int, n_examples: int,
+def _summarise(log: list[dict], precision: Any, world: int, dropped: int, n_examples: int,
                lora_params: int, model_config: Any, examples: list, plan: list,
                resumed_from: list[int]) -> dict[str, Any]:
     tokens = sum(r["tokens"] for r in log)

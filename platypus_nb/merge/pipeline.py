@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from platypus_nb.config import Config
+from platypus_nb.contracts import MODELS_JSON
 from platypus_nb.io import atomic_write_json
-from platypus_nb.merge.combine import combine_adapters
 from platypus_nb.merge.adapter import read_lora_adapter
+from platypus_nb.merge.combine import combine_adapters
 from platypus_nb.merge.lora import merge_lora_into
 from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, local_model_dir
 from platypus_nb.model_card import base_model_card_fields, build_card, recipe_fields, write_card
 
-MODELS_JSON = "models.json"
 MERGE_REPORT = "merge_report.json"
 PLATYPUS = "platypus"
 
