@@ -226,6 +226,10 @@ class ContaminationConfig:
     recall_top_k: PositiveInt = 5
     recall_floor: UnitNumber = 0.5
     verifier_threshold: PositiveNumber = 1.5
+    # Rows of the decontaminated build set aside (seeded from run.seed) before clean.jsonl is written: never trained
+    # on, step 05 measures every model's loss on them (docs/evaluation.md, "Held-out loss"). 0: none, the paper's
+    # training set.
+    heldout_rows: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> ContaminationConfig:
@@ -379,6 +383,9 @@ class EvaluateConfig:
     # prefix_cache: each shared prefix (TruthfulQA's primer, an MMLU subject's shots, a question's context) run once
     # and its key/value cache reused (platypus_nb.prefix_lm; log-likelihoods equal HFLM's within 1e-4); hflm: plain.
     scorer: Literal["prefix_cache", "hflm"] = "prefix_cache"
+    # Rows of each built partner's own build_data that did not build it (the next ones of its seeded pool), on which
+    # step 05 measures every model's loss beside the Open-Platypus held-out rows. 0: none.
+    partner_heldout_rows: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _shots_for_every_task(self) -> EvaluateConfig:

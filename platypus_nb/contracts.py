@@ -50,7 +50,7 @@ STAGES: dict[str, StageContract] = {
     "01_dataset_construction": StageContract(
         "01_dataset", ("open_platypus.jsonl", "removed.csv", "composition.csv", "summary.json")),
     "02_contamination_analysis": StageContract(
-        "02_contamination", ("clean.jsonl", "flagged.csv", "summary.json"),
+        "02_contamination", ("clean.jsonl", "heldout.jsonl", "flagged.csv", "summary.json"),
         (Read("01_dataset_construction", ("open_platypus.jsonl",)),)),
     "03_finetune": StageContract(
         "03_finetune", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json",
@@ -59,13 +59,16 @@ STAGES: dict[str, StageContract] = {
     "04_merge": StageContract(
         "04_merge", (MODELS_JSON, "merge_report.json", "overlap.csv"),
         (Read("03_finetune", ("adapter/*",)), Read("02_contamination_analysis", ("clean.jsonl",)))),
-    # models.json and the merged model folders it lists; step 03's adapter when step 04 did not run.
+    # models.json and the merged model folders it lists; step 03's adapter when step 04 did not run; step 02's
+    # held-out rows, never trained on, for the held-out loss.
     "05_evaluate": StageContract(
-        "05_evaluate", ("summary.csv",),
-        (Read("04_merge", ("*",)), Read("03_finetune", ("adapter/*",)))),
+        "05_evaluate", ("summary.csv", "heldout_loss.csv"),
+        (Read("04_merge", ("*",)), Read("03_finetune", ("adapter/*",)),
+         Read("02_contamination_analysis", ("heldout.jsonl",)))),
     "06_results": StageContract(
-        "06_results", ("paper_deltas.csv", "run_deltas.csv"),
-        (Read("05_evaluate", ("summary.csv", "*.samples.jsonl")), Read("04_merge", ("overlap.csv",)))),
+        "06_results", ("paper_deltas.csv", "run_deltas.csv", "heldout_deltas.csv"),
+        (Read("05_evaluate", ("summary.csv", "*.samples.jsonl", "heldout_loss.csv")),
+         Read("04_merge", ("overlap.csv",)))),
 }
 
 

@@ -8,7 +8,9 @@ model cards and the Open LLM Leaderboard's values for the bases and partners.
 
 This run's models are compared on the same questions: step 05 keeps every model's per-question outcomes
 (``05_evaluate/<model>.samples.jsonl``), and each model is set against its ``compare_to`` model question by
-question, with a paired bootstrap interval and an exact McNemar test (:mod:`platypus_nb.stats`).
+question, with a paired bootstrap interval and an exact McNemar test (:mod:`platypus_nb.stats`). Their
+losses on held-out rows (step 05's ``heldout_loss.csv``) are compared the same way, row by row
+(:func:`heldout_comparisons`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 from platypus_nb import stats
 from platypus_nb.assets import data_file
 from platypus_nb.evaluate import SAMPLES_SUFFIX, TASKS
+from platypus_nb.heldout_loss import OPEN_PLATYPUS, PARTNER_DOMAIN
 from platypus_nb.io import read_csv_checked, read_jsonl
 
 PUBLISHED_COLUMNS = ["model", "role", "compare_to", *TASKS, "average", "kind", "source"]
@@ -370,3 +373,74 @@ def plot_overlap_vs_deltas(table: pd.DataFrame):
     ax.set_title("Data overlap vs merge gain")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------- held-out loss
+
+HELDOUT_COLUMNS = ["model", "compare_to", "role", "domain", "n", "loss", "compared_loss", "delta", "ci_low",
+                   "ci_high", "p_value", "p_holm", "significant"]
+
+
+def heldout_comparisons(losses: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every model against its ``compare_to`` model on every held-out domain, row by row (:data:`HELDOUT_COLUMNS`).
+
+    ``delta`` is the mean per-row difference of the rows' mean response-token losses (negative: the model predicts
+    the held-out responses better than the one it is compared with), with a paired bootstrap 95% interval and
+    p-value seeded with ``seed``; p-values are Holm-adjusted over the table. Rows without a response token inside the
+    cutoff (no loss for either model: both see the same token ids) are left out; ``n`` counts the rest.
+    """
+    rows = []
+    pairs = losses[["model", "compare_to", "role"]].drop_duplicates()
+    for pair in pairs[pairs["compare_to"].apply(lambda c: isinstance(c, str))].itertuples():
+        new, old = (losses[losses["model"] == name] for name in (pair.model, pair.compare_to))
+        for domain in dict.fromkeys(new["domain"]):
+            joined = new[new["domain"] == domain].merge(old[old["domain"] == domain], on="row", how="outer",
+                                                        suffixes=("_new", "_old"), indicator=True)
+            if (joined["_merge"] != "both").any() or (joined["row_hash_new"] != joined["row_hash_old"]).any():
+                raise PairingError(f"held-out losses: {pair.model} and {pair.compare_to} were not scored on the same "
+                                   f"{domain} rows; re-run step 05 for both")
+            joined = joined.dropna(subset=["loss_new", "loss_old"])
+            d = joined["loss_new"] - joined["loss_old"]
+            low, high = stats.paired_bootstrap_ci(d, seed)
+            rows.append({"model": pair.model, "compare_to": pair.compare_to, "role": pair.role, "domain": domain,
+                         "n": len(d), "loss": joined["loss_new"].mean(), "compared_loss": joined["loss_old"].mean(),
+                         "delta": d.mean(), "ci_low": low, "ci_high": high,
+                         "p_value": stats.bootstrap_p_value(d, seed), "p_holm": math.nan, "significant": False})
+    table = pd.DataFrame(rows, columns=HELDOUT_COLUMNS)
+    table["p_holm"] = stats.holm(table["p_value"])
+    table["significant"] = table["p_holm"] < SIGNIFICANCE
+    return table
+
+
+def heldout_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The held-out comparisons as the notebook shows them, rounded, with a verdict per row."""
+    return pd.DataFrame({
+        "comparison": comparison_names(table), "domain": table["domain"], "n": table["n"],
+        "loss": table["loss"].round(4), "compared loss": table["compared_loss"].round(4),
+        "delta": table["delta"].round(4),
+        "95% CI": [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "p (Holm)": table["p_holm"].round(4),
+        "verdict": ["no significant change" if not r.significant else
+                    "significantly lower loss" if r.delta < 0 else "significantly higher loss"
+                    for r in table.itertuples()]})
+
+
+def merge_claim(table: pd.DataFrame) -> pd.DataFrame:
+    """Per merge, the paper's claim in two checks against its partner: Open-Platypus held-out loss significantly
+    lower (gains Platypus's skill), and loss on the partner's own domain not significantly higher (keeps the
+    partner's). A check without its domain in the table is left empty."""
+    merges = table[table["role"] == "merge"]
+    out = []
+    for merge, rows in merges.groupby("model", sort=False):
+        by_domain = rows.set_index("domain")
+        partner = rows["compare_to"].iloc[0]
+        own = f"{PARTNER_DOMAIN}{partner}"
+        gains = by_domain.loc[OPEN_PLATYPUS] if OPEN_PLATYPUS in by_domain.index else None
+        keeps = by_domain.loc[own] if own in by_domain.index else None
+        out.append({"merge": merge, "partner": partner,
+                    "gains Platypus's (Open-Platypus loss lower)":
+                        None if gains is None else bool(gains["significant"] and gains["delta"] < 0),
+                    "keeps the partner's (own-domain loss not higher)":
+                        None if keeps is None else not bool(keeps["significant"] and keeps["delta"] > 0)})
+    return pd.DataFrame(out, columns=["merge", "partner", "gains Platypus's (Open-Platypus loss lower)",
+                                      "keeps the partner's (own-domain loss not higher)"])

@@ -74,10 +74,31 @@ def result(name: str) -> dict:
 RUN_RESULTS = [result(name) for name in SAMPLES]
 
 
+# Per-row held-out losses of the same four models on 20 rows of two domains: each model's loss is a shared per-row
+# value plus its shift; the merge's also alternates +-0.1 by row, so against its partner it is -0.5 +- 0.1 on
+# Open-Platypus (lower) and 0 +- 0.1 on the partner's own domain (unchanged).
+LOSS_SHIFT = {"base": (0.0, 0.0), "platypus": (-0.3, 0.0), "partner": (0.0, -0.5), "partner-platypus": (-0.5, -0.5)}
+DOMAINS = ("open-platypus", "partner:partner")
+
+
+def heldout_rows(shift=LOSS_SHIFT, n: int = 20) -> pd.DataFrame:
+    """Held-out losses as ``heldout_loss.heldout_losses`` writes them."""
+    rows = []
+    for model, shifts in shift.items():
+        role, compare_to = ROLES[model]
+        for domain, s in zip(DOMAINS, shifts):
+            for i in range(n):
+                wobble = 0.1 * (-1) ** i if model == "partner-platypus" else 0.0
+                rows.append({"model": model, "role": role, "compare_to": compare_to, "domain": domain, "row": i,
+                             "row_hash": f"{domain}-{i}", "tokens": 5 + i, "loss": 2.0 + 0.05 * i + s + wobble})
+    return pd.DataFrame(rows)
+
+
 def write_run_05(out):
     ev.write_summary(RUN_RESULTS, out / "summary.csv")
     for name, values in SAMPLES.items():
         write_jsonl(out / f"{name}{ev.SAMPLES_SUFFIX}", sample_rows(values))
+    heldout_rows().to_csv(out / "heldout_loss.csv", index=False)
     return out
 
 
@@ -235,6 +256,36 @@ def test_overlap_is_joined_to_each_merges_mean_change(tmp_path, paired):
         results.read_overlap(tmp_path / "bad.csv")
 
 
+def test_heldout_comparisons_pair_rows_and_test_the_merge_claim():
+    table = results.heldout_comparisons(heldout_rows(), seed=42).set_index(["model", "domain"])
+    assert len(table) == 3 * 2 and (table["n"] == 20).all()
+    lower = table.loc[("platypus", "open-platypus")]  # every row 0.3 lower: the interval is the point
+    assert (lower["delta"], lower["ci_low"], lower["ci_high"]) == pytest.approx((-0.3, -0.3, -0.3))
+    assert lower["p_value"] == pytest.approx(1e-4) and lower["significant"]
+    gained = table.loc[("partner-platypus", "open-platypus")]
+    assert gained["delta"] == pytest.approx(-0.5) and gained["ci_low"] < -0.5 < gained["ci_high"] < -0.4
+    assert gained["loss"] - gained["compared_loss"] == pytest.approx(-0.5) and gained["significant"]
+    kept = table.loc[("partner-platypus", "partner:partner")]
+    assert kept["delta"] == pytest.approx(0.0, abs=1e-12) and kept["ci_low"] < 0 < kept["ci_high"]
+    assert not kept["significant"] and kept["p_holm"] > 0.5
+    unchanged = table.loc[("platypus", "partner:partner")]
+    assert (unchanged["delta"], unchanged["p_value"], unchanged["significant"]) == (0.0, 1.0, False)
+    shown = results.heldout_table(table.reset_index())
+    assert shown["verdict"].value_counts().to_dict() == {"significantly lower loss": 3, "no significant change": 3}
+    claim = results.merge_claim(table.reset_index())
+    assert claim.iloc[0].tolist() == ["partner-platypus", "partner", True, True]
+    # The same merge, 0.4 worse than its partner on the partner's own rows: the partner's skill was not kept.
+    worse = heldout_rows({**LOSS_SHIFT, "partner-platypus": (-0.5, -0.1)})
+    assert results.merge_claim(results.heldout_comparisons(worse, seed=42)).iloc[0].tolist()[2:] == [True, False]
+
+
+def test_heldout_losses_on_different_rows_are_not_compared():
+    losses = heldout_rows()
+    losses = losses[~((losses["model"] == "partner") & (losses["row"] == 3))]
+    with pytest.raises(results.PairingError, match="partner and base were not scored on the same open-platypus rows"):
+        results.heldout_comparisons(losses, seed=42)
+
+
 # ------------------------------------------------------------------------------------------------ notebook
 
 
@@ -262,6 +313,8 @@ def test_notebook_06_writes_the_delta_tables_and_figures(executed_06):
     assert delta(regenerated, "Camel-Platypus2-70B", "arc_challenge") == pytest.approx(4.1264, abs=1e-4)
     run_deltas = pd.read_csv(run / "06_results" / "run_deltas.csv")
     assert list(run_deltas.columns) == results.PAIRED_COLUMNS and len(run_deltas) == 3 * 6
+    heldout = pd.read_csv(run / "06_results" / "heldout_deltas.csv")
+    assert list(heldout.columns) == results.HELDOUT_COLUMNS and len(heldout) == 3 * 2
 
 
 def test_jupyterlab_shows_notebook_06_with_its_figures(executed_06):

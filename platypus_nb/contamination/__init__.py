@@ -9,10 +9,11 @@ The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 3. :func:`lexical_pairs` (verbatim test text or 13-grams of it inside a training row);
 4. :func:`flag_pairs` (stage one's candidates join the pairs, the verifier's evidence -> suggested category ->
    review override -> removal decision; docs/contamination.md);
-5. :func:`split_rows`, :func:`summarize`, :func:`write_outputs`, and the figures in :mod:`.plots`.
+5. :func:`split_rows`, :func:`summarize`, :func:`write_outputs` (which also sets :func:`heldout_split`'s held-out rows
+   apart from the training file), and the figures in :mod:`.plots`.
 """
 
-from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, nearest_training_rows,
+from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, heldout_split, nearest_training_rows,
                                                 original_rule_removals, rephrase_rates, semantic_pairs, split_rows,
                                                 summarize, write_outputs)
 from platypus_nb.contamination.categories import (answer_agreement, load_review, suggest_category,
@@ -26,7 +27,8 @@ from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_te
 from platypus_nb.contracts import question_text
 
 __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "question_stem", "recall_candidates",
-           "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "lexical_pairs", "load_review",
-           "load_eval_set", "load_test_items", "load_test_set", "load_training_rows", "nearest_training_rows",
-           "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows", "suggest_category", "summarize",
-           "question_text", "training_text_hash", "unknown_review_items", "window_cut", "write_outputs"]
+           "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "heldout_split", "lexical_pairs",
+           "load_review", "load_eval_set", "load_test_items", "load_test_set", "load_training_rows",
+           "nearest_training_rows", "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows",
+           "suggest_category", "summarize", "question_text", "training_text_hash", "unknown_review_items",
+           "window_cut", "write_outputs"]

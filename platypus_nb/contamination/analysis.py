@@ -9,6 +9,8 @@ pairs says so.
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -239,15 +241,42 @@ def review_todo(flagged: pd.DataFrame) -> pd.DataFrame:
     return todo.assign(reviewer="", note="")[list(REVIEW_COLUMNS)]
 
 
+def heldout_split(rows: Sequence[dict[str, Any]], n: int,
+                  seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows, held-out rows), each in the original order: ``n`` rows drawn with ``seed``, never trained on.
+
+    Only a row whose question text (:func:`question_text`) occurs once can be held out: a repeated question with
+    one copy on each side would be trained on. An error when fewer such rows than ``n`` exist or none would be left
+    to train on.
+    """
+    if n == 0:
+        return list(rows), []
+    texts = [question_text(r) for r in rows]
+    counts = Counter(texts)
+    unique = [i for i, t in enumerate(texts) if counts[t] == 1]
+    if n > len(unique) or n >= len(rows):
+        raise ValueError(f"contamination.heldout_rows = {n}: expected fewer than the {len(rows)} rows that survive "
+                         f"decontamination and at most the {len(unique)} of them whose question occurs once")
+    picked = set(random.Random(f"{seed}-heldout").sample(unique, n))
+    return ([r for i, r in enumerate(rows) if i not in picked], [r for i, r in enumerate(rows) if i in picked])
+
+
 def write_outputs(out_dir: str | Path, clean_rows: Sequence[dict[str, Any]], flagged: pd.DataFrame,
-                  summary: dict[str, Any]) -> dict[str, Path]:
-    """clean.jsonl, flagged.csv, summary.json and review_todo.csv, each written atomically."""
+                  summary: dict[str, Any], heldout_rows: int = 0, seed: int = 0) -> dict[str, Path]:
+    """clean.jsonl (the training file), heldout.jsonl, flagged.csv, summary.json and review_todo.csv, atomically.
+
+    ``heldout_rows`` of the rows that survive decontamination go to heldout.jsonl instead of clean.jsonl
+    (:func:`heldout_split`, seeded with ``seed``): the split is made here, by the one writer of the training file,
+    so no held-out row can reach step 03. summary.json records both counts.
+    """
     out_dir = Path(out_dir)
-    paths = {"clean": out_dir / "clean.jsonl", "flagged": out_dir / "flagged.csv",
+    paths = {"clean": out_dir / "clean.jsonl", "heldout": out_dir / "heldout.jsonl", "flagged": out_dir / "flagged.csv",
              "summary": out_dir / "summary.json", "review_todo": out_dir / "review_todo.csv"}
-    write_jsonl(paths["clean"], clean_rows)
+    training, heldout = heldout_split(clean_rows, heldout_rows, seed)
+    write_jsonl(paths["clean"], training)
+    write_jsonl(paths["heldout"], heldout)
     for key, table in (("flagged", flagged), ("review_todo", review_todo(flagged))):
         with atomic_path(paths[key]) as tmp:
             table.to_csv(tmp, index=False)
-    atomic_write_json(paths["summary"], summary)
+    atomic_write_json(paths["summary"], {**summary, "training_rows": len(training), "heldout_rows": len(heldout)})
     return paths

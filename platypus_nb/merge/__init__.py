@@ -15,13 +15,14 @@ from platypus_nb.merge.errors import MergeInputError
 from platypus_nb.merge.lora import merge_lora_into
 from platypus_nb.merge.safetensors_files import tensor_entries
 from platypus_nb.merge.overlap import overlap_figure, training_data_overlap, write_overlap_table
-from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, partner_training_rows
+from platypus_nb.merge.partners import (Partner, build_partner, fetch_partner, partner_heldout_rows,
+                                        partner_training_rows)
 from platypus_nb.merge.pipeline import (MERGE_REPORT, MODELS_JSON, adapter_summary, merge_partner, merge_platypus,
                                         models_manifest, partner_report, prepare_partners, report_table,
                                         update_norms_figure, write_outputs)
 
 __all__ = ["COMBINATION_METHODS", "MERGE_REPORT", "MODELS_JSON", "MergeInputError", "Partner", "adapter_summary",
            "build_partner", "combine_adapters", "fetch_partner", "merge_lora_into", "merge_partner",
-           "merge_platypus", "models_manifest", "overlap_figure", "partner_report", "partner_training_rows",
-           "prepare_partners", "read_lora_adapter", "report_table", "tensor_entries", "training_data_overlap",
-           "update_norms_figure", "write_outputs", "write_overlap_table"]
+           "merge_platypus", "models_manifest", "overlap_figure", "partner_heldout_rows", "partner_report",
+           "partner_training_rows", "prepare_partners", "read_lora_adapter", "report_table", "tensor_entries",
+           "training_data_overlap", "update_norms_figure", "write_outputs", "write_overlap_table"]

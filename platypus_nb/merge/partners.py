@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 from platypus_nb.assets import data_file, resolve_model
 from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
+from platypus_nb.contracts import question_text
 from platypus_nb.io import (atomic_directory, atomic_write_json, changed_file, read_jsonl, sha256_file, sha256_text,
                             write_jsonl)
 from platypus_nb.merge.errors import MergeInputError
@@ -91,11 +92,33 @@ PARTNER_DATA: dict[str, Callable[[int], list[dict[str, str]]]] = dict(zip(PARTNE
     _arc_easy_rows, _openbookqa_rows, _sciq_rows, _mmlu_medical_rows), strict=True))
 
 
-def partner_training_rows(spec: PartnerConfig, seed: int) -> list[dict[str, str]]:
-    """The stand-in's training rows: its sources pooled, shuffled with ``seed`` and cut to ``build_rows``."""
+def _partner_pool(spec: PartnerConfig, seed: int) -> list[dict[str, str]]:
+    """Every row of a stand-in's sources, pooled and shuffled with ``seed``: its training rows come first."""
     rows = [row for source in spec.build_data for row in PARTNER_DATA[source](seed)]
     random.Random(f"{seed}-{spec.name}").shuffle(rows)
-    return rows[:spec.build_rows]
+    return rows
+
+
+def partner_training_rows(spec: PartnerConfig, seed: int) -> list[dict[str, str]]:
+    """The stand-in's training rows: its sources pooled, shuffled with ``seed`` and cut to ``build_rows``."""
+    return _partner_pool(spec, seed)[:spec.build_rows]
+
+
+def partner_heldout_rows(spec: PartnerConfig, seed: int, n: int) -> list[dict[str, str]]:
+    """``n`` rows of the stand-in's own domain that did not build it: the next rows of the same seeded pool after
+    its ``build_rows``, skipping any whose question is also among those (a question present in two sources).
+
+    Step 05 measures every model's loss on them, to see whether a merge keeps its partner's skill.
+    """
+    pool = _partner_pool(spec, seed)
+    used = {question_text(r) for r in pool[:spec.build_rows]}
+    rows = [r for r in pool[spec.build_rows:] if question_text(r) not in used][:n]
+    if len(rows) < n:
+        raise MergeInputError(f"merge.partners ({spec.name!r}): evaluate.partner_heldout_rows = {n} rows of its own "
+                              f"domain asked for, but its build_data {spec.build_data} has {len(pool)} rows and "
+                              f"build_rows = {spec.build_rows} of them build it, leaving {len(rows)}; expected "
+                              f"build_rows + partner_heldout_rows <= {len(pool)}")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------- partners
