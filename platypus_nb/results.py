@@ -401,15 +401,22 @@ def heldout_comparisons(losses: pd.DataFrame, seed: int) -> pd.DataFrame:
                                    f"{domain} rows; re-run step 05 for both")
             joined = joined.dropna(subset=["loss_new", "loss_old"])
             d = joined["loss_new"] - joined["loss_old"]
-            low, high = stats.paired_bootstrap_ci(d, seed)
+            low, high, p = _bootstrap(d, seed)
             rows.append({"model": pair.model, "compare_to": pair.compare_to, "role": pair.role, "domain": domain,
                          "n": len(d), "loss": joined["loss_new"].mean(), "compared_loss": joined["loss_old"].mean(),
                          "delta": d.mean(), "ci_low": low, "ci_high": high,
-                         "p_value": stats.bootstrap_p_value(d, seed), "p_holm": math.nan, "significant": False})
+                         "p_value": p, "p_holm": math.nan, "significant": False})
     table = pd.DataFrame(rows, columns=HELDOUT_COLUMNS)
     table["p_holm"] = stats.holm(table["p_value"])
     table["significant"] = table["p_holm"] < SIGNIFICANCE
     return table
+
+
+def _bootstrap(d: pd.Series, seed: int) -> tuple[float, float, float]:
+    """The paired bootstrap 95% interval and p-value of mean(d); NaN when no row has a loss for both models."""
+    if d.empty:
+        return math.nan, math.nan, math.nan
+    return (*stats.paired_bootstrap_ci(d, seed), stats.bootstrap_p_value(d, seed))
 
 
 def heldout_table(table: pd.DataFrame) -> pd.DataFrame:
