@@ -503,11 +503,15 @@ def test_the_notebook_runs_on_the_planted_file(planted, tmp_path):
     notebook = Path(__file__).parent.parent / "notebooks" / "02_contamination_analysis.ipynb"
     execute_notebook(notebook, tmp_path / "02.ipynb", {
         "run_dir": str(tmp_path / "run"), "train_path": str(planted["path"]), "threshold": 0.8,
-        "overrides": {"run.figures_dir": str(tmp_path / "figures"), "contamination.max_test_items": N_ITEMS}})
+        "overrides": {"run.figures_dir": str(tmp_path / "figures"), "contamination.max_test_items": N_ITEMS,
+                      "contamination.heldout_rows": 5}})
     out = tmp_path / "run" / "02_contamination"
-    clean = read_jsonl(out / "clean.jsonl")
-    assert all(planted["rows"][i] not in clean for i in planted["kinds"]["copy"])
-    assert all(planted["rows"][i] in clean for i in planted["kinds"]["same_topic"])
+    clean, heldout = read_jsonl(out / "clean.jsonl"), read_jsonl(out / "heldout.jsonl")
+    # Five of the rows that stay are held out of the training file, drawn from those rows only.
+    assert len(heldout) == 5 and all(row not in clean for row in heldout)
+    kept = clean + heldout
+    assert all(planted["rows"][i] not in kept for i in planted["kinds"]["copy"])
+    assert all(planted["rows"][i] in kept for i in planted["kinds"]["same_topic"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_rows"] == len(planted["rows"])
     figures = {"02_similarity_distribution.png", "02_flagged_by_source.png", "02_top_pairs.png"}
