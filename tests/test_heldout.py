@@ -78,9 +78,9 @@ def test_partner_heldout_rows_are_its_own_data_and_did_not_build_it():
                                                                   ("arc_easy", "openbookqa", "sciq", "mmlu")}
         assert partner_heldout_rows(spec, 42, 24) == held != partner_heldout_rows(spec, 1, 24)
     medical = cfg.merge.partners[1]
-    with pytest.raises(MergeInputError, match=r"'medical-partner'.* has 158 rows and build_rows = 134 .* leaving 24; "
-                                              r"expected build_rows \+ partner_heldout_rows <= 158"):
-        partner_heldout_rows(medical, 42, 25)
+    with pytest.raises(MergeInputError, match=r"'medical-partner'.* has 158 rows and build_rows = 132 .* "
+                                              r"leaving 2\d with a question it was not built on"):
+        partner_heldout_rows(medical, 42, 27)
 
 
 ROWS = [{"instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5."},
@@ -97,7 +97,7 @@ def test_the_loss_of_a_row_is_the_mean_nll_of_its_response_tokens(tiny_llama_dir
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     fcfg = load_config("tiny").finetune
     examples = H.tokenize_sets({"d": ROWS}, tok, fcfg)["d"]
-    got = H.row_losses(model, examples, batch_size=2, pad_token_id=tok.pad_token_id)  # padded batches
+    got = H.row_losses(model, examples, batch_size=2, pad_token_id=0)  # padded batches, padding masked out
     for row, (n, loss) in zip(ROWS, got):
         # By hand: the full text's tokens plus EOS; the prompt's tokens are not scored; token k is predicted at k - 1.
         ids = tok(render_prompt(row["instruction"], row["input"], row["output"]))["input_ids"] + [tok.eos_token_id]
@@ -105,11 +105,11 @@ def test_the_loss_of_a_row_is_the_mean_nll_of_its_response_tokens(tiny_llama_dir
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
         expected = -sum(logp[k - 1, ids[k]].item() for k in range(start, len(ids))) / (len(ids) - start)
-        assert n == len(ids) - start and loss == pytest.approx(expected, abs=1e-5)
+        assert n == len(ids) - start and loss == pytest.approx(expected, abs=1e-4)
     assert got[2][0] == 1  # an empty output: EOS is the one target, as step 03 trains it
     # A cutoff the prompt fills leaves nothing to score: no loss rather than a NaN mean pretending to be one.
     short = H.tokenize_sets({"d": ROWS[:1]}, tok, dataclasses.replace(fcfg, cutoff_len=8))["d"]
-    n, loss = H.row_losses(model, short, batch_size=2, pad_token_id=tok.pad_token_id)[0]
+    n, loss = H.row_losses(model, short, batch_size=2, pad_token_id=0)[0]
     assert n == 0 and math.isnan(loss)
 
 

@@ -332,9 +332,9 @@ def test_stand_in_partners_train_on_real_vendored_data():
     assert len(general_rows) == general.build_rows
     assert {r["data_source"] for r in general_rows} == {"arc_easy_validation", "openbookqa_validation",
                                                         "sciq_validation"}
-    # MMLU's validation split (step 05 scores the test split), medical subjects only: 134 of the 158 such rows (the
-    # next 24 are the partner's held-out rows).
-    assert len(medical_rows) == medical.build_rows == 134
+    # MMLU's validation split (step 05 scores the test split), medical subjects only: 132 of the 158 such rows (24 of
+    # the rest are the partner's held-out rows).
+    assert len(medical_rows) == medical.build_rows == 132
     assert {r["data_source"] for r in medical_rows} == {f"mmlu_validation/{s}" for s in MEDICAL_SUBJECTS}
     assert partner_training_rows(general, seed=42) == general_rows != partner_training_rows(general, seed=1)
     row = medical_rows[0]

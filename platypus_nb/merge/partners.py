@@ -116,8 +116,8 @@ def partner_heldout_rows(spec: PartnerConfig, seed: int, n: int) -> list[dict[st
     if len(rows) < n:
         raise MergeInputError(f"merge.partners ({spec.name!r}): evaluate.partner_heldout_rows = {n} rows of its own "
                               f"domain asked for, but its build_data {spec.build_data} has {len(pool)} rows and "
-                              f"build_rows = {spec.build_rows} of them build it, leaving {len(rows)}; expected "
-                              f"build_rows + partner_heldout_rows <= {len(pool)}")
+                              f"build_rows = {spec.build_rows} of them build it, leaving {len(rows)} with a question "
+                              f"it was not built on; lower build_rows or evaluate.partner_heldout_rows")
     return rows
 
 
