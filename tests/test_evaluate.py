@@ -311,7 +311,7 @@ def test_notebook_05_scores_every_model_offline(tmp_path, tiny_llama_dir, platyp
     assert (out / "tasks" / "arc_challenge.yaml").is_file()
     # No step 02 in this run folder: the held-out loss covers the tiny config's two stand-in partners' own rows.
     losses = pd.read_csv(out / "heldout_loss.csv")
-    assert len(losses) == 2 * 2 * 24 and set(losses["domain"]) == {"partner:general-partner", "partner:medical-partner"}
+    assert len(losses) == 2 * 2 * 12 and set(losses["domain"]) == {"partner:general-partner", "partner:medical-partner"}
     # A random model spreads its probability nearly evenly: about ln(49,152) = 10.8 nats per token.
     assert (losses["tokens"] > 0).all() and losses["loss"].between(9, 13).all()
     # The executed notebook shows our one progress bar, not the libraries' dozens per model.

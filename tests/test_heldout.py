@@ -61,7 +61,7 @@ def test_heldout_keys_are_typed_and_off_for_the_paper():
         paper = load_config(name)
         assert (paper.contamination.heldout_rows, paper.evaluate.partner_heldout_rows) == (0, 0)
     tiny = load_config("tiny")
-    assert (tiny.contamination.heldout_rows, tiny.evaluate.partner_heldout_rows) == (24, 24)
+    assert (tiny.contamination.heldout_rows, tiny.evaluate.partner_heldout_rows) == (12, 12)
     with pytest.raises(ConfigError, match=r"contamination.heldout_rows: expected a non-negative integer, got -1"):
         load_config("tiny", ["contamination.heldout_rows=-1"])
     with pytest.raises(ConfigError, match=r"evaluate.partner_heldout_rows: expected int, got bool True"):
