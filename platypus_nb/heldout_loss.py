@@ -81,7 +81,9 @@ def row_losses(model: Any, examples: Sequence[dict[str, Any]], batch_size: int,
     from platypus_nb.finetune.data import IGNORE_INDEX
 
     device = next(model.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    # Rows whose prompt fills the cutoff have nothing to score: no forward pass for them.
+    scored = [i for i, e in enumerate(examples) if any(t != IGNORE_INDEX for t in e["shift_labels"])]
+    order = sorted(scored, key=lambda i: -len(examples[i]["input_ids"]))
     out: list[tuple[int, float]] = [(0, math.nan)] * len(examples)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -106,7 +108,7 @@ def heldout_losses(models: Sequence[Any], sets: dict[str, list[dict[str, Any]]],
     """Every model's loss on every held-out row (:data:`LOSS_COLUMNS`), one model in memory at a time, written to
     ``<out_dir>/heldout_loss.csv`` (with its header only when there are no held-out rows)."""
     from platypus_nb.assets import load_tokenizer
-    from platypus_nb.evaluate import load_for_eval
+    from platypus_nb.evaluate import load_for_eval, quiet_library_progress
 
     records = []
     if sets:
@@ -114,7 +116,8 @@ def heldout_losses(models: Sequence[Any], sets: dict[str, list[dict[str, Any]]],
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way
         examples = tokenize_sets(sets, tokenizer, cfg.finetune)
         for m in models:
-            model, _ = load_for_eval(m, cfg.evaluate)
+            with quiet_library_progress():  # no weight-loading bars, as in the scoring above
+                model, _ = load_for_eval(m, cfg.evaluate)
             for domain, rows in examples.items():
                 losses = row_losses(model, rows, cfg.evaluate.batch_size, pad)
                 records += [{"model": m.name, "role": m.role, "compare_to": m.compare_to, "domain": domain,
