@@ -79,6 +79,16 @@ def base_model_card_fields(base_model: str, model_dir: Optional[Path] = None) ->
     return {"name": base_model, "license": license_}
 
 
+def adapter_card(base_model: str, finetune: Any, provenance: dict[str, Any]) -> Any:
+    """The LoRA adapter's card (step 03): peft's own default card is a blank template, this one names the base, the
+    dataset, the recipe and what the run trained on."""
+    base = base_model_card_fields(base_model)
+    return build_card(model_name="platypus-lora", library_name="peft", base_model=base["name"],
+                      base_license=base["license"], provenance=provenance, recipe=recipe_fields(finetune),
+                      summary=f"The Platypus LoRA adapter (paper section 3) trained on `{base['name']}`; merge it with "
+                              f"step 04 or load it with `peft.PeftModel.from_pretrained`.")
+
+
 def build_card(*, model_name: str, summary: str, base_model: str, base_license: Optional[str], library_name: str,
                provenance: dict[str, Any], recipe: Optional[dict[str, Any]] = None,
                results: Sequence[dict[str, Any]] = (), results_note: str = "", tags: Sequence[str] = ()) -> Any:

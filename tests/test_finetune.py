@@ -438,6 +438,12 @@ def test_notebook_trains_on_the_contamination_steps_output(math_rows, tiny_llama
     out = run / "03_finetune"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    # The adapter carries its own Hugging Face card (not peft's blank template): base, dataset, recipe, this run.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "adapter" / "README.md")
+    assert card.data.library_name == "peft" and card.data.datasets == ["garage-bAInd/Open-Platypus"]
+    assert "| optimizer steps | 3 |" in card.text and "| `lora_r` | 16 |" in card.text
     assert (out / "train_args.json").is_file() and (out / "figures" / "03_training_loss_lr.png").is_file()
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert [g["kind"] for g in generations] == ["held-in"] * 3 + ["held-out"] * 3

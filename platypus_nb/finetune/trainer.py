@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from platypus_nb.config import FinetuneConfig
+from platypus_nb.model_card import adapter_card, write_card
 from platypus_nb.finetune.checkpoints import CHECKPOINTS, commit, list_checkpoints
 from platypus_nb.finetune.data import (PackingCollator, count_steps, load_train_rows, plan_steps, planned_examples,
                                        step_batches, tokenize_rows)
@@ -197,10 +198,14 @@ def run_training(job: TrainJob) -> None:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out_dir / ".adapter.partial"))
     if trainer.is_world_process_zero():
-        commit(out_dir / ".adapter.partial", out_dir / "adapter")
         log = [h for h in trainer.state.log_history if "token_loss" in h]
         metrics = _summarise(log, precision, args.world_size, len(rows) - len(kept), len(examples), lora_params,
                              trainer.accelerator.unwrap_model(model).config, examples, plan, job.resumed_from_steps)
+        write_card(out_dir / ".adapter.partial", adapter_card(job.base_model, cfg, {
+            "training rows": metrics["train_rows"], "optimizer steps": metrics["steps"],
+            "tokens seen": metrics["tokens_seen"], "loss (first -> last step)":
+                f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", "seed": job.seed}))
+        commit(out_dir / ".adapter.partial", out_dir / "adapter")
         atomic_write_json(out_dir / "metrics.json", metrics)
         atomic_write_json(out_dir / "train_args.json", _train_args(job, cfg, precision, args, n_steps))
     trainer.accelerator.wait_for_everyone()
