@@ -78,11 +78,11 @@ def row_losses(model: Any, examples: Sequence[dict[str, Any]], batch_size: int,
     import torch
     import torch.nn.functional as F
 
-    from platypus_nb.finetune.data import IGNORE_INDEX
+    from platypus_nb.finetune.data import IGNORE_INDEX, n_targets
 
     device = next(model.parameters()).device
     # Rows whose prompt fills the cutoff have nothing to score: no forward pass for them.
-    scored = [i for i, e in enumerate(examples) if any(t != IGNORE_INDEX for t in e["shift_labels"])]
+    scored = [i for i, e in enumerate(examples) if n_targets(e) > 0]
     order = sorted(scored, key=lambda i: -len(examples[i]["input_ids"]))
     out: list[tuple[int, float]] = [(0, math.nan)] * len(examples)
     with torch.inference_mode():

@@ -196,7 +196,7 @@ def paired_comparisons(summary: pd.DataFrame, samples_dir: str | Path, seed: int
 
 def _compare(pair: Any, task: str, metric: str, d: pd.DataFrame, seed: int) -> dict[str, Any]:
     delta = float(d["d"].mean())
-    low, high = stats.paired_bootstrap_ci(d["d"], seed)
+    low, high, bootstrap_p = stats.paired_bootstrap(d["d"], seed)
     score, base = (float(100 * (d["weight"] * d[side]).mean()) for side in ("new", "old"))
     binary = d["new"].isin((0, 1)).all() and d["old"].isin((0, 1)).all() and task != "truthfulqa_mc2"
     if binary:
@@ -204,7 +204,7 @@ def _compare(pair: Any, task: str, metric: str, d: pd.DataFrame, seed: int) -> d
         test = "McNemar exact"
     else:
         b = c = None
-        p, test = stats.bootstrap_p_value(d["d"], seed), "paired bootstrap"
+        p, test = bootstrap_p, "paired bootstrap"
     return {"model": pair.model, "compare_to": pair.compare_to, "role": pair.role, "task": task, "metric": metric,
             "headline": metric == TASKS[task].metric, "n": len(d), "score_pct": score, "base_score_pct": base,
             "delta_pts": delta, "ci_low_pts": low, "ci_high_pts": high, "pct_change": percent_change(score, base),
@@ -416,7 +416,7 @@ def _bootstrap(d: pd.Series, seed: int) -> tuple[float, float, float]:
     """The paired bootstrap 95% interval and p-value of mean(d); NaN when no row has a loss for both models."""
     if d.empty:
         return math.nan, math.nan, math.nan
-    return (*stats.paired_bootstrap_ci(d, seed), stats.bootstrap_p_value(d, seed))
+    return stats.paired_bootstrap(d, seed)
 
 
 def heldout_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -40,13 +40,23 @@ def bootstrap_deltas(d: Sequence[float], seed: int, resamples: int = BOOTSTRAP_R
     return out
 
 
-def paired_bootstrap_ci(d: Sequence[float], seed: int, level: float = CI_LEVEL,
-                        resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(d)`` at ``level`` (the same seed gives the same interval)."""
-    reps = bootstrap_deltas(d, seed, resamples)
+def _interval(reps: np.ndarray, level: float) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(reps, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _p_value(reps: np.ndarray, d: np.ndarray) -> float:
+    if not np.any(d):
+        return 1.0
+    share = min(np.mean(reps <= 0), np.mean(reps >= 0))
+    return float(min(1.0, max(2 * share, 1 / len(reps))))
+
+
+def paired_bootstrap_ci(d: Sequence[float], seed: int, level: float = CI_LEVEL,
+                        resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(d)`` at ``level`` (the same seed gives the same interval)."""
+    return _interval(bootstrap_deltas(d, seed, resamples), level)
 
 
 def bootstrap_p_value(d: Sequence[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
@@ -55,11 +65,16 @@ def bootstrap_p_value(d: Sequence[float], seed: int, resamples: int = BOOTSTRAP_
     Floored at ``1 / resamples`` (a bootstrap cannot show a smaller p) and capped at 1; 1 when every ``d`` is 0.
     """
     d = np.asarray(d, dtype=float)
-    if not np.any(d):
-        return 1.0
+    return 1.0 if not np.any(d) else _p_value(bootstrap_deltas(d, seed, resamples), d)
+
+
+def paired_bootstrap(d: Sequence[float], seed: int, level: float = CI_LEVEL,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
+    """(low, high, p): :func:`paired_bootstrap_ci` and :func:`bootstrap_p_value` from one set of replicates (the
+    same seed draws the same replicates, so the numbers equal the two calls' while resampling only once)."""
+    d = np.asarray(d, dtype=float)
     reps = bootstrap_deltas(d, seed, resamples)
-    share = min(np.mean(reps <= 0), np.mean(reps >= 0))
-    return float(min(1.0, max(2 * share, 1 / resamples)))
+    return (*_interval(reps, level), _p_value(reps, d))
 
 
 def mcnemar_exact(new: Sequence[float], old: Sequence[float]) -> tuple[int, int, float]:

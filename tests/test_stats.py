@@ -54,3 +54,10 @@ def test_bootstrap_is_seeded_and_its_p_value_follows_the_interval():
 def test_holm_adjusts_in_step_down_order_and_keeps_nans():
     assert stats.holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_one_bootstrap_gives_the_interval_and_p_value_of_the_two_separate_calls():
+    rng = np.random.default_rng(3)
+    for d in (rng.normal(0.1, 1.0, 40), np.zeros(12), np.ones(30) * 0.5):
+        assert stats.paired_bootstrap(d, seed=5) == (*stats.paired_bootstrap_ci(d, seed=5),
+                                                     stats.bootstrap_p_value(d, seed=5))
