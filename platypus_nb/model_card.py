@@ -45,15 +45,6 @@ Made with platypus-nb, a reproduction of *Platypus: Quick, Cheap, and Powerful R
 |---|---|
 {% for key, value in recipe.items() %}| `{{ key }}` | {{ value }} |
 {% endfor %}{% endif %}
-{% if results %}
-## Evaluation (step 05 of this run)
-
-| task | metric | value | questions |
-|---|---|---|---|
-{% for r in results %}| {{ r.task }} | {{ r.metric }} | {{ "%.4f"|format(r.value) }} | {{ r.n }} |
-{% endfor %}
-{{ results_note }}
-{% endif %}
 """
 
 
@@ -91,19 +82,58 @@ def adapter_card(base_model: str, finetune: Any, provenance: dict[str, Any]) -> 
 
 def build_card(*, model_name: str, summary: str, base_model: str, base_license: Optional[str], library_name: str,
                provenance: dict[str, Any], recipe: Optional[dict[str, Any]] = None,
-               results: Sequence[dict[str, Any]] = (), results_note: str = "", tags: Sequence[str] = ()) -> Any:
-    """A :class:`huggingface_hub.ModelCard`; ``results`` rows are ``{task, metric, value, n}`` from step 05."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+               tags: Sequence[str] = ()) -> Any:
+    """A :class:`huggingface_hub.ModelCard` as steps 03 and 04 write it, before any evaluation."""
+    from huggingface_hub import ModelCard, ModelCardData
 
-    eval_results = [EvalResult(task_type="text-generation", dataset_type=r["task"], dataset_name=r["task"],
-                               metric_type=r["metric"], metric_value=float(r["value"]))
-                    for r in results] or None
     data = ModelCardData(base_model=base_model, datasets=[OPEN_PLATYPUS], license=base_license,
-                         library_name=library_name, model_name=model_name, eval_results=eval_results,
-                         tags=["platypus", "lora", *tags])
+                         library_name=library_name, model_name=model_name, tags=["platypus", "lora", *tags])
     return ModelCard.from_template(data, template_str=_TEMPLATE, model_name=model_name, summary=summary,
-                                   paper=PAPER, provenance=provenance, recipe=recipe or {}, results=list(results),
-                                   results_note=results_note)
+                                   paper=PAPER, provenance=provenance, recipe=recipe or {})
+
+
+def with_results(card_file: str | Path, results: Sequence[dict[str, Any]], note: str) -> Any:
+    """The card in ``card_file`` plus step 05's results: the Hub's ``model-index`` metadata and a table.
+
+    ``results`` rows are ``{task, metric, value, stderr, n}`` with ``value`` and ``stderr`` as fractions. The
+    card is loaded and extended rather than rebuilt, so whatever step 03 or 04 wrote stays as written.
+    """
+    from huggingface_hub import EvalResult, ModelCard
+
+    card = ModelCard.load(card_file)
+    card.data.model_name = card.data.model_name or Path(card_file).parent.name
+    card.data.eval_results = [EvalResult(task_type="text-generation", dataset_type=r["task"], dataset_name=r["task"],
+                                         metric_type=r["metric"], metric_value=float(r["value"]))
+                              for r in results]
+    table = "\n".join(f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {r['stderr']:.4f} | {r['n']} |"
+                       for r in results)
+    card.text = (f"{card.text.rstrip()}\n\n## Evaluation (step 05 of this run)\n\n"
+                 f"| task | metric | value | standard error | questions |\n|---|---|---|---|---|\n{table}\n\n{note}\n")
+    return card
+
+
+def results_note(run_name: str, leaderboard_setting: bool) -> str:
+    """What a reader of the card must know before comparing its numbers with a leaderboard's."""
+    setting = ("the Open LLM Leaderboard's setting (all questions, its shots)" if leaderboard_setting else
+               "not the Open LLM Leaderboard's setting (fewer questions, subjects or shots): not comparable with "
+               "leaderboard scores")
+    return f"Scored with lm-evaluation-harness by platypus-nb step 05, run `{run_name}`; {setting}."
+
+
+def write_result_cards(models: Sequence[Any], summary: Any, out_dir: str | Path, note: str) -> list[Path]:
+    """``<out_dir>/cards/<model>/README.md`` for every evaluated model whose folder has a card (the adapter's and
+    the merges' from steps 03 and 04): a copy with this run's results, since a stage never rewrites an earlier
+    stage's outputs. Copy it over the model folder's own ``README.md`` before pushing that folder to the Hub."""
+    written = []
+    for model in models:
+        card_file = Path(model.adapter or model.path) / CARD_FILE
+        rows = summary[summary["model"] == model.name]
+        if not card_file.is_file() or rows.empty:
+            continue
+        results = [{"task": r.task, "metric": r.metric, "value": r.score_pct / 100, "stderr": r.stderr_pct / 100,
+                    "n": int(r.n)} for r in rows.itertuples()]
+        written.append(write_card(Path(out_dir) / "cards" / model.name, with_results(card_file, results, note)))
+    return written
 
 
 def write_card(folder: str | Path, card: Any) -> Path:
