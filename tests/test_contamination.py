@@ -276,7 +276,7 @@ def test_a_short_review_row_names_the_file_and_line(tmp_path):
 
 def test_a_review_file_that_does_not_exist_is_an_error_not_an_empty_review(tmp_path):
     typo = "data/contamination_reveiw.csv"
-    with pytest.raises(ConfigError, match=r"contamination.review_file: expected an existing file, but .*reveiw"):
+    with pytest.raises(ConfigError, match=r"contamination.review_file: should be an existing file, but .*reveiw"):
         load_config("tiny", {"contamination.review_file": typo})
     with pytest.raises(FileNotFoundError, match=r"contamination.review_file: .*reveiw.csv does not exist"):
         C.load_review(typo)
@@ -338,7 +338,7 @@ def test_null_input_and_data_source_read_as_empty(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"contamination.threshold": 0.2}, r"contamination.threshold: expected a cosine similarity of at least 0.5"),
+    ({"contamination.threshold": 0.2}, r"contamination.threshold: should be greater than or equal to 0.5, got float 0.2"),
     ({"contamination.threshold": 0.97}, r"duplicate_similarity: .*raising threshold above 0.95 needs "
                                         r"duplicate_similarity raised with it"),
 ])
