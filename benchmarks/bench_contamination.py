@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from platypus_nb import contamination as C  # noqa: E402
 from platypus_nb.assets import data_file, embedding_model_path  # noqa: E402
 from platypus_nb.config import Config, load_config  # noqa: E402
+from platypus_nb.contracts import read_training_rows  # noqa: E402
 from platypus_nb.embeddings import EmbeddingCache, embed_texts  # noqa: E402
 from platypus_nb.io import atomic_write_json, open_text, read_jsonl, write_jsonl  # noqa: E402
 
@@ -93,7 +94,7 @@ def run_ours(train_path: Path, cfg: Config, cache_root: Path, out_dir: Path) -> 
     """Step 02 as the notebook runs it, timed end to end (reading inputs to writing outputs)."""
     start = time.perf_counter()
     cc, ec = cfg.contamination, cfg.embeddings
-    rows = C.load_training_rows(train_path)
+    rows = read_training_rows(train_path)
     items = C.load_test_items(cc.benchmarks, cc.eval_splits, cc.extra_eval_sets, cc.max_test_items)
     train_texts, test_texts = [C.question_text(r) for r in rows], [i.text for i in items]
     cache = EmbeddingCache(ec.model, root=cache_root)
