@@ -137,11 +137,17 @@ class EmbeddingsConfig:
     block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
 
 
+def _prm800k_needs_math(sources: list[str]) -> list[str]:
+    if "prm800k" in sources and "math" not in sources:
+        raise ValueError("should list math next to prm800k: PRM800K only replaces MATH solutions")
+    return sources
+
+
 @_section
 class DatasetConfig:
     # Built in this order, which with order "source" decides which near-duplicate survives (the first seen).
-    sources: Annotated[list[SourceName], MinLen(1), AfterValidator(_no_repeats)] = \
-        field(default_factory=lambda: list(PAPER_SOURCES))
+    sources: Annotated[list[SourceName], MinLen(1), AfterValidator(_no_repeats),
+                       AfterValidator(_prm800k_needs_math)] = field(default_factory=lambda: list(PAPER_SOURCES))
     source_files: dict[SourceName, ExistingFile] = field(default_factory=dict)  # local copies, in the real schema
     max_rows_per_source: Optional[PositiveInt] = None  # the first N rows of each source; null: all
     source_revision: Literal["paper_2023", "current"] = "paper_2023"
@@ -162,12 +168,6 @@ class DatasetConfig:
     release_revision: NonBlank = "37141ed"
     release_file: Optional[ExistingFile] = None  # a local JSONL / parquet copy of the release
     compare_with_release: Bool = False
-
-    @model_validator(mode="after")
-    def _prm800k_needs_math(self) -> DatasetConfig:
-        if "prm800k" in self.sources and "math" not in self.sources:
-            raise _RuleError("sources", "should list math next to prm800k: PRM800K only replaces MATH solutions")
-        return self
 
 
 def _not_a_test_set(name: str) -> str:
