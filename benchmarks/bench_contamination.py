@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from platypus_nb import contamination as C  # noqa: E402
 from platypus_nb.assets import data_file, embedding_model_path  # noqa: E402
+from platypus_nb.benchmarks_data import read_benchmark  # noqa: E402
 from platypus_nb.config import Config, load_config  # noqa: E402
+from platypus_nb.contracts import read_training_rows  # noqa: E402
 from platypus_nb.embeddings import EmbeddingCache, embed_texts  # noqa: E402
 from platypus_nb.io import atomic_write_json, open_text, read_jsonl, write_jsonl  # noqa: E402
 
@@ -52,7 +54,7 @@ def build_training_file(path: Path, per_source: int) -> dict[str, list[int]]:
         rows += [{"instruction": r["problem_text"], "input": "", "output": r["answer_number"],
                   "data_source": "scibench"} for r in json.load(f)[:per_source]]
     rows += [{"instruction": r["problem"], "input": "", "output": r["solution"], "data_source": "MATH/PRM-800K"}
-             for r in read_jsonl(data_file("math_test.jsonl.gz"))[:per_source]]
+             for r in read_benchmark("math_test")[:per_source]]
     arc = C.load_test_set("arc_challenge", 1)[0]
     mmlu = C.load_test_set("mmlu", 1)[0]
     hellaswag = C.load_test_set("hellaswag", 3)[2]
@@ -93,7 +95,7 @@ def run_ours(train_path: Path, cfg: Config, cache_root: Path, out_dir: Path) -> 
     """Step 02 as the notebook runs it, timed end to end (reading inputs to writing outputs)."""
     start = time.perf_counter()
     cc, ec = cfg.contamination, cfg.embeddings
-    rows = C.load_training_rows(train_path)
+    rows = read_training_rows(train_path)
     items = C.load_test_items(cc.benchmarks, cc.eval_splits, cc.extra_eval_sets, cc.max_test_items)
     train_texts, test_texts = [C.question_text(r) for r in rows], [i.text for i in items]
     cache = EmbeddingCache(ec.model, root=cache_root)

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from platypus_nb.assets import data_file, embedding_model_path
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import load_config
 from platypus_nb.dataset import build as dataset_build
 from platypus_nb.dataset.dedup import greedy_near_duplicates, greedy_near_duplicates_original
 from platypus_nb.embeddings import EmbeddingCache, _load_encoder, embed_texts
-from platypus_nb.io import atomic_write_json, open_text, read_jsonl
+from platypus_nb.io import atomic_write_json, open_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "dedup.json"
@@ -49,9 +50,9 @@ def real_texts(limit: int = REAL_TEXTS) -> list[str]:
     for book in ("atkins", "calculus", "chemmc", "class", "diff", "fund", "matter", "quan", "stat", "thermo"):
         for stem in (book, f"{book}_sol"):
             texts += [r["problem_text"] for r in json.load(open_text(data_file(f"scibench/{stem}.json.gz")))]
-    texts += [r["question"] for r in read_jsonl(data_file("sciq_validation.jsonl.gz"))]
-    texts += [r["question_stem"] for r in read_jsonl(data_file("openbookqa_validation.jsonl.gz"))]
-    texts += [r["problem"] for r in read_jsonl(data_file("math_test.jsonl.gz"))]
+    texts += [r["question"] for r in read_benchmark("sciq_validation")]
+    texts += [r["question_stem"] for r in read_benchmark("openbookqa_validation")]
+    texts += [r["problem"] for r in read_benchmark("math_test")]
     return list(dict.fromkeys(texts))[:limit]
 
 

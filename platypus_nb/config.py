@@ -1,10 +1,9 @@
 """One typed, validated configuration object for every stage of the pipeline.
 
-Configs are YAML recipes (``configs/*.yaml``) with dotted-key overrides on top (``docs/config.md``: the layers, the
-rules, and which source each default follows where the paper, the cards and the original code disagree). The
-sections are plain dataclasses that pydantic validates as one tree in :func:`from_dict`; every problem is a
-:class:`ConfigError`, one line naming the file and the dotted key, so a typo never falls back to a default. Each list
-of valid names lives here once, and the stage modules build their registries from it.
+Configs are YAML recipes (``configs/*.yaml``) with dotted-key overrides on top. The sections are plain dataclasses
+that pydantic validates as one strict tree; every problem is a :class:`ConfigError`, one line naming the file and
+the dotted key, so a typo never falls back to a default. docs/config.md gives the layers, the rules, where each list
+of names lives, and key by key which source each default follows where the paper, the cards and the code disagree.
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError, \
-    model_validator, with_config
+from annotated_types import Ge, Gt, Interval, Len, MinLen
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Strict, StringConstraints, TypeAdapter,
+                      ValidationError, model_validator, with_config)
 
 from platypus_nb.paths import CONFIGS_DIR, PROJECT_ROOT
 
@@ -28,22 +28,12 @@ class ConfigError(ValueError):
     """A configuration problem, with the file and dotted key it concerns in the message."""
 
 
-class _Invalid(ValueError):
-    """Raised inside validators: ``expected`` describes a valid value; ``key`` (for checks across keys) names it;
-    ``quote`` adds the value given to the message."""
+class _RuleError(ValueError):
+    """A rule across keys of one section, reported at ``key`` of that section."""
 
-    def __init__(self, expected: str, key: str = "", quote: bool = True):
-        super().__init__(expected)
-        self.key, self.quote = key, quote and not key
-
-
-def _check(expected: str, ok: Callable[[Any], Any]) -> AfterValidator:
-    """A validator that accepts a value when ``ok(value)`` is truthy; ``expected`` says what a valid one is."""
-    def check(value: Any) -> Any:
-        if not ok(value):
-            raise _Invalid(expected)
-        return value
-    return AfterValidator(check)
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 def _yaml_number(value: Any) -> Any:
@@ -55,33 +45,42 @@ def _yaml_number(value: Any) -> Any:
 
 def _existing_file(p: str) -> str:
     if not p:
-        raise _Invalid("the path of an existing file")
+        raise ValueError("should be the path of an existing file")
     if not resolve_path(p).is_file():
-        raise _Invalid(f"an existing file, but {resolve_path(p)} does not exist", quote=False)
+        raise ValueError(f"should be an existing file, but {resolve_path(p)} does not exist")
     return p
 
 
+# Names that become folder and file names (runs/<name>, partner and merged models, eval sets): never "." or "..".
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _plain_name(name: str) -> str:
+    if not _PLAIN_NAME.fullmatch(name):
+        raise ValueError("should be a name of letters, digits, '_', '.', '-' that starts with a letter or digit")
+    return name
+
+
+def _no_repeats(names: list[str]) -> list[str]:
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"should list each name once, repeated: {', '.join(repeated)}")
+    return names
+
+
 # Scalars as written: no bool for an int, no int for a str (strict per type: pydantic's config-wide strict mode
-# would refuse mappings for the nested sections).
+# would refuse mappings for the nested sections). An int is a valid number; inf and nan are not (allow_inf_nan).
 Int = Annotated[int, Strict()]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
-Number = Annotated[float, Strict(), BeforeValidator(_yaml_number)]  # an int is a number; inf / nan are not
-PositiveInt = Annotated[Int, _check("a positive integer", lambda v: v > 0)]
-NonNegativeInt = Annotated[Int, _check("a non-negative integer", lambda v: v >= 0)]
-PositiveNumber = Annotated[Number, _check("a positive number", lambda v: v > 0)]
-NonNegativeNumber = Annotated[Number, _check("a non-negative number", lambda v: v >= 0)]
-UnitNumber = Annotated[Number, _check("a number in [0, 1]", lambda v: 0 <= v <= 1)]
+Number = Annotated[float, Strict(), BeforeValidator(_yaml_number)]
+PositiveInt = Annotated[Int, Gt(0)]
+NonNegativeInt = Annotated[Int, Ge(0)]
+PositiveNumber = Annotated[Number, Gt(0)]
+UnitNumber = Annotated[Number, Interval(ge=0, le=1)]
+NonBlank = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1)]
 ExistingFile = Annotated[Str, AfterValidator(_existing_file)]
-# Names that become folder and file names (runs/<name>, partner and merged models, eval sets): never "." or "..".
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_NAME_RULE = "name of letters, digits, '_', '.', '-' that starts with a letter or digit"
-PlainName = Annotated[Str, _check(f"a non-empty {_NAME_RULE}", lambda v: _PLAIN_NAME.fullmatch(v) is not None)]
+PlainName = Annotated[Str, AfterValidator(_plain_name)]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def _distinct(what: str) -> AfterValidator:
-    return _check(f"a non-empty list of {what} without repeats", lambda v: len(v) > 0 and len(set(v)) == len(v))
 
 
 def _section(cls: type) -> type:
@@ -91,33 +90,30 @@ def _section(cls: type) -> type:
 
 
 # ------------------------------------------------------------------------------------------------ names
-# The Open-Platypus sources (the card's 11, in its table order) and two optional offline extras: OpenBookQA (in the
-# first release of the card, not in the final one) and SciQ (not in the original; an offline stand-in).
+# Each list lives here once; the stage registries are built from it in its order (docs/config.md, "Lists of names").
+# The card's 11 Open-Platypus sources, in its table order, then two optional offline extras.
 DATASET_SOURCES = ("prm800k", "math", "scienceqa", "scibench", "reclor", "theoremqa", "leetcode", "airoboros",
                    "tigerbot", "arb", "guanaco", "openbookqa", "sciq")
 PAPER_SOURCES = list(DATASET_SOURCES[:11])
-SourceName = Literal[DATASET_SOURCES]
-# Test sets in data/ that step 02 compares training rows with: the four Open LLM Leaderboard v1 benchmarks the paper
-# checked, and the two evaluation splits the original build put into the training data (docs/config.md).
+# Step 02's test sets: the four benchmarks the paper checked, and the evaluation splits in the training data.
 LEADERBOARD_TEST_SETS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
 EVAL_SPLIT_TEST_SETS = ("math_test", "theoremqa_test")
 TEST_SETS = LEADERBOARD_TEST_SETS + EVAL_SPLIT_TEST_SETS
-TestSetName = Literal[TEST_SETS]
 CONTAMINATION_CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
-# Vendored sources a stand-in merge partner can be built from (platypus_nb.merge.partners.PARTNER_DATA).
 PARTNER_DATA_NAMES = ("arc_easy", "openbookqa", "sciq", "mmlu_medical")
-# "linear" is the paper's merge; the others are peft add_weighted_adapter combination types (merge.combine).
+# "linear" is the paper's merge; the others are peft add_weighted_adapter combination types.
 COMBINATION_METHODS = ("cat", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties", "dare_ties_svd")
 MERGE_METHODS = ("linear",) + COMBINATION_METHODS
-# The four Open LLM Leaderboard v1 tasks the paper reports, with their shots (platypus_nb.evaluate.TASKS).
+# The four Open LLM Leaderboard v1 tasks the paper reports, with their shots.
 EVAL_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")
-EvalTask = Literal[EVAL_TASKS]
 LEADERBOARD_SHOTS = dict(zip(EVAL_TASKS, (25, 10, 5, 0), strict=True))
+SourceName = Literal[DATASET_SOURCES]
+TestSetName = Literal[TEST_SETS]
+EvalTask = Literal[EVAL_TASKS]
 
 
 # --------------------------------------------------------------------------------------------- sections
-# Defaults are the paper's; where the paper, the cards and the original code disagree, docs/config.md (and the stage
-# documents it points to) gives the facts and says which source each default follows.
+# Defaults are the paper's; docs/config.md says, key by key, which source each follows where they disagree.
 @_section
 class RunConfig:
     name: PlainName = "tiny"
@@ -128,8 +124,7 @@ class RunConfig:
 
 @_section
 class ModelConfig:
-    # "smollm2-135m" is the offline default; anything else is a Hub id or a local folder for from_pretrained.
-    base: Str = "smollm2-135m"
+    base: Str = "smollm2-135m"  # the offline default; otherwise a Hub id or a local folder for from_pretrained
     revision: Optional[Str] = None
     trust_remote_code: Bool = False
     dtype: DType = "auto"
@@ -142,26 +137,26 @@ class EmbeddingsConfig:
     block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
 
 
+def _prm800k_needs_math(sources: list[str]) -> list[str]:
+    if "prm800k" in sources and "math" not in sources:
+        raise ValueError("should list math next to prm800k: PRM800K only replaces MATH solutions")
+    return sources
+
+
 @_section
 class DatasetConfig:
     # Built in this order, which with order "source" decides which near-duplicate survives (the first seen).
-    sources: Annotated[list[SourceName], _distinct("sources")] = field(default_factory=lambda: list(PAPER_SOURCES))
-    # Local copies of sources in their real schema (JSON, JSONL, CSV, parquet), used instead of the Hub.
-    source_files: dict[SourceName, ExistingFile] = field(default_factory=dict)
+    sources: Annotated[list[SourceName], MinLen(1), AfterValidator(_no_repeats),
+                       AfterValidator(_prm800k_needs_math)] = field(default_factory=lambda: list(PAPER_SOURCES))
+    source_files: dict[SourceName, ExistingFile] = field(default_factory=dict)  # local copies, in the real schema
     max_rows_per_source: Optional[PositiveInt] = None  # the first N rows of each source; null: all
-    # SciBench and TheoremQA as the 2023 build read them, or their later revisions (docs/dataset.md, "Source
-    # revisions"); step 02 reads the TheoremQA test set of the same revision.
     source_revision: Literal["paper_2023", "current"] = "paper_2023"
-    # What follows "Relevant Theorem:" in a TheoremQA instruction: the definition, as theoremqa_format.py, or the name.
     theoremqa_theorem: Literal["definition", "name"] = "definition"
-    math_splits: Annotated[list[Literal["train", "test"]], _distinct("splits")] = \
+    math_splits: Annotated[list[Literal["train", "test"]], MinLen(1), AfterValidator(_no_repeats)] = \
         field(default_factory=lambda: ["train", "test"])
     math_unwrap_boxed: Bool = True
-    keyword_filter: Bool = True  # the original's keyword selection for airoboros, ReClor and guanaco
+    keyword_filter: Bool = True
     keyword_list_as_original: Bool = True
-    # merged_largest_keep.py's rules (docs/dataset.md, "Filters and deduplication"): only rows with a None
-    # instruction or output dropped (false: blank ones too); exact duplicates keyed on the string
-    # f"{instruction}-{input}" (false: on the (instruction, input) pair).
     incomplete_as_original: Bool = True
     exact_dedup_key_as_original: Bool = True
     dedup_threshold: UnitNumber = 0.8  # keep an item whose cosine to every item kept before is <= this
@@ -170,25 +165,24 @@ class DatasetConfig:
     on_bad_row: Literal["skip", "stop"] = "skip"  # skip: count it and list it in removed.csv
     order: Literal["source", "shuffle"] = "source"  # shuffle: with run.seed
     use_release: Bool = False  # load the released Open-Platypus instead of rebuilding it
-    release_revision: Annotated[Str, _check("a Hub revision (commit, tag, branch)", str.strip)] = "37141ed"
+    release_revision: NonBlank = "37141ed"
     release_file: Optional[ExistingFile] = None  # a local JSONL / parquet copy of the release
-    compare_with_release: Bool = False  # after a rebuild, compare it per source with the release
+    compare_with_release: Bool = False
 
-    @model_validator(mode="after")
-    def _prm800k_needs_math(self) -> DatasetConfig:
-        if "prm800k" in self.sources and "math" not in self.sources:
-            raise _Invalid("math next to prm800k: PRM800K only replaces MATH solutions", "sources")
-        return self
+
+def _not_a_test_set(name: str) -> str:
+    if name in TEST_SETS:
+        raise ValueError(f"should be a name other than the built-in test sets {', '.join(TEST_SETS)}")
+    return name
 
 
 @_section
 class EvalSetConfig:
     """A further evaluation set to check the training data against: any JSONL (or .jsonl.gz) with a text field."""
 
-    name: Annotated[PlainName, _check(f"a name other than the built-in test sets {TEST_SETS}",
-                                      lambda v: v not in TEST_SETS)] = ""
+    name: Annotated[PlainName, AfterValidator(_not_a_test_set)] = ""
     path: ExistingFile = ""
-    text_field: Annotated[Str, _check("a non-empty field name", str.strip)] = "question"
+    text_field: NonBlank = "question"
     id_field: Optional[Str] = None  # a unique id per item; null: the 1-based line number
     answer_field: Optional[Str] = None  # the correct answer (for the answer-agreement rule); null: unknown
 
@@ -196,58 +190,43 @@ class EvalSetConfig:
 @_section
 class ContaminationConfig:
     benchmarks: list[TestSetName] = field(default_factory=lambda: list(LEADERBOARD_TEST_SETS))
-    # Flag (training row, test item) pairs at or above this cosine; below ~0.5 nearly every MiniLM pair matches.
-    threshold: Annotated[UnitNumber, _check("a cosine similarity of at least 0.5 (the paper's is 0.8)",
-                                            lambda v: v >= 0.5)] = 0.8
-    # Lexical matching: n-grams of ngram_n words; shorter test texts match whole from lexical_min_words words; a
-    # sequence shared by more than lexical_max_test_items test items is boilerplate, not evidence of a copy.
+    # Below ~0.5 nearly every MiniLM pair matches.
+    threshold: Annotated[Number, Interval(ge=0.5, le=1)] = 0.8
     ngram_n: PositiveInt = 13
     lexical_min_words: PositiveInt = 5
     lexical_max_test_items: PositiveInt = 10
-    # A suggested duplicate: the test text contained verbatim, at least duplicate_overlap of its n-grams, or
-    # duplicate_similarity with answers that do not visibly differ.
     duplicate_similarity: UnitNumber = 0.95
-    duplicate_overlap: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5
+    duplicate_overlap: Annotated[Number, Interval(gt=0, le=1)] = 0.5
     gray_area: Literal["remove", "keep"] = "remove"
-    # Human decisions (train_hash, test_id, category) that override suggested categories; a typo must not drop them.
-    # null: no review file.
+    # Must exist, so that a typo cannot drop the human decisions; null: no review file.
     review_file: Optional[ExistingFile] = "data/contamination_review.csv"
-    # Evaluation splits in the training data on purpose: flagged, removed only with remove_eval_split_leaks.
     eval_splits: list[TestSetName] = field(default_factory=lambda: list(EVAL_SPLIT_TEST_SETS))
-    eval_split_sources: list[Str] = field(default_factory=lambda: ["theoremqa", "openbookqa", "sciq"])  # data_source
+    eval_split_sources: list[Str] = field(default_factory=lambda: ["theoremqa", "openbookqa", "sciq"])
     remove_eval_split_leaks: Bool = False
     extra_eval_sets: list[EvalSetConfig] = field(default_factory=list)  # treated like benchmarks
     max_test_items: Optional[PositiveInt] = None  # the first N items of each test set; null: all (tests only)
-    # Rephrased test questions (docs/contamination.md). "evidence": stage one retrieves each training row's
-    # recall_top_k nearest test items (whole text, question stem after a passage, chunks of a long row) down to
-    # cosine recall_floor; stage two calls a pair the same question when its evidence score reaches
-    # verifier_threshold. "none": the paper's embedding rule and the lexical rules alone.
     verifier: Literal["evidence", "none"] = "evidence"
     recall_top_k: PositiveInt = 5
     recall_floor: UnitNumber = 0.5
     verifier_threshold: PositiveNumber = 1.5
-    # Rows of the decontaminated build set aside (seeded from run.seed) before clean.jsonl is written: never trained
-    # on, step 05 measures every model's loss on them (docs/evaluation.md, "Held-out loss"). 0: none, the paper's
-    # training set.
     heldout_rows: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> ContaminationConfig:
         if not self.benchmarks and not self.extra_eval_sets:
-            raise _Invalid("at least one test set (or an entry in extra_eval_sets)", "benchmarks")
+            raise _RuleError("benchmarks", "should list at least one test set (or an entry in extra_eval_sets)")
         if overlap := sorted(set(self.benchmarks) & set(self.eval_splits)):
-            raise _Invalid(f"test sets not also listed in benchmarks, but both list {overlap}", "eval_splits")
+            raise _RuleError("eval_splits", f"should not repeat test sets of benchmarks, but both list {overlap}")
         if self.lexical_min_words > self.ngram_n:
-            raise _Invalid(f"a positive integer no larger than ngram_n ({self.ngram_n})", "lexical_min_words")
+            raise _RuleError("lexical_min_words", f"should be no larger than ngram_n ({self.ngram_n})")
         if self.duplicate_similarity < self.threshold:
-            raise _Invalid(f"a similarity at or above threshold ({self.threshold}); raising threshold above "
-                           f"{self.duplicate_similarity} needs duplicate_similarity raised with it",
-                           "duplicate_similarity")
+            raise _RuleError("duplicate_similarity", f"should be at or above threshold ({self.threshold}); raising "
+                             f"threshold above {self.duplicate_similarity} needs duplicate_similarity raised with it")
         if self.recall_floor >= self.threshold:
-            raise _Invalid(f"a cosine in [0, threshold ({self.threshold})): stage one must reach below the removal "
-                           f"threshold, got {self.recall_floor}", "recall_floor")
+            raise _RuleError("recall_floor", f"should be below threshold ({self.threshold}): stage one must reach "
+                             f"below the removal threshold, got {self.recall_floor}")
         if len(names := [e.name for e in self.extra_eval_sets]) != len(set(names)):
-            raise _Invalid(f"distinct names, got {names}", "extra_eval_sets")
+            raise _RuleError("extra_eval_sets", f"should have distinct names, got {names}")
         return self
 
 
@@ -263,7 +242,7 @@ class FinetuneConfig:
     max_steps: Optional[PositiveInt] = None
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: NonNegativeInt = 100
-    weight_decay: NonNegativeNumber = 0.0
+    weight_decay: Annotated[Number, Ge(0)] = 0.0
     max_grad_norm: PositiveNumber = 1.0
     cutoff_len: PositiveInt = 4096
     train_on_inputs: Bool = False
@@ -274,33 +253,30 @@ class FinetuneConfig:
     loss_weighting: Literal["example", "token"] = "example"
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 16
-    lora_dropout: Annotated[Number, _check("a number in [0, 1)", lambda v: 0 <= v < 1)] = 0.05
-    lora_target_modules: Annotated[list[Str], _check("at least one module name", len)] = \
-        field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    lora_dropout: Annotated[Number, Interval(ge=0, lt=1)] = 0.05
+    lora_target_modules: Annotated[list[Str], MinLen(1)] = field(
+        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     # "int8" is what finetune.py ran (LLM.int8 + fp16), "nf4" QLoRA; without CUDA, 16-bit dtypes run as fp32.
     precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "int8"
     bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     bnb_4bit_double_quant: Bool = True
     gradient_checkpointing: Bool = True
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # Whole examples packed into one row per forward, each attended on its own; false: padded micro-batches.
-    packing: Bool = True
+    packing: Bool = True  # whole examples packed into one row per forward, each attended on its own
     save_steps: PositiveInt = 1000
     save_total_limit: PositiveInt = 2
     resume: Bool = True
-    # Where the Trainer also reports every step: "tensorboard" (logs in 03_finetune/trainer/runs/), "wandb", "mlflow",
-    # "trackio" (each needs its package); [] for none.
+    # Where the Trainer also reports every step (each needs its package); [] for none.
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = \
         field(default_factory=lambda: ["tensorboard"])
     world_size: PositiveInt = 1
-    # An accelerate config for world_size > 1 (configs/accelerate/README.md); null: plain DDP.
-    accelerate_config: Optional[ExistingFile] = None
+    accelerate_config: Optional[ExistingFile] = None  # for world_size > 1; null: plain DDP
 
     @model_validator(mode="after")
     def _whole_micro_batches(self) -> FinetuneConfig:
         if self.global_batch_size % (self.micro_batch_size * self.world_size):
-            raise _Invalid(f"a multiple of micro_batch_size x world_size = {self.micro_batch_size} x "
-                           f"{self.world_size}, got {self.global_batch_size}", "global_batch_size")
+            raise _RuleError("global_batch_size", f"should be a multiple of micro_batch_size x world_size = "
+                             f"{self.micro_batch_size} x {self.world_size}, got {self.global_batch_size}")
         return self
 
 
@@ -313,23 +289,21 @@ class PartnerConfig:
     stands_in_for: Str = ""  # what the paper calls this partner, e.g. "StableBeluga-13B"
     model: Optional[Str] = None
     revision: Optional[Str] = None
-    # Stand-in build: build_steps steps of build_batch_size rows out of build_rows; the rest of the recipe is
-    # the finetune section's.
+    # A stand-in: build_steps steps of build_batch_size rows out of build_rows, otherwise the finetune recipe.
     build_data: list[Literal[PARTNER_DATA_NAMES]] = field(default_factory=list)
     build_rows: PositiveInt = 200
     build_steps: PositiveInt = 30
     build_batch_size: PositiveInt = 4
     build_cutoff_len: PositiveInt = 256
     # The merged model's name (empty: "<name>-platypus") and the paper's name for it.
-    merge_name: Annotated[Str, _check(f"a {_NAME_RULE}, or empty for '<name>-platypus'",
-                                      lambda v: v == "" or _PLAIN_NAME.fullmatch(v))] = ""
+    merge_name: Annotated[Str, AfterValidator(lambda v: v and _plain_name(v))] = ""
     merge_stands_in_for: Str = ""
 
     @model_validator(mode="after")
     def _one_origin(self) -> PartnerConfig:
         if (self.model is None) == (not self.build_data):
-            raise _Invalid("exactly one of model (a Hub id or folder) and build_data (to build a stand-in partner)",
-                           "model")
+            raise _RuleError("model", "exactly one of model (a Hub id or folder) and build_data (to build a "
+                             "stand-in partner) should be given")
         return self
 
     @property
@@ -340,12 +314,11 @@ class PartnerConfig:
 @_section
 class MergeConfig:
     partners: list[PartnerConfig] = field(default_factory=list)
-    # "linear", the paper's: W + (alpha/r) B A into each partner. The others combine the Platypus adapter with a
-    # built partner's adapter through peft's add_weighted_adapter, then merge the result into the base.
+    # "linear", the paper's: W + (alpha/r) B A into each partner; the others combine two LoRA adapters first.
     method: Literal[MERGE_METHODS] = "linear"
-    adapter_weights: Annotated[list[Number], _check("two weights: the Platypus adapter's and the partner adapter's",
-                                                    lambda v: len(v) == 2)] = field(default_factory=lambda: [1.0, 1.0])
-    density: Annotated[Number, _check("a number in (0, 1]", lambda v: 0 < v <= 1)] = 0.5  # share TIES / DARE keep
+    # The Platypus adapter's weight and the partner adapter's.
+    adapter_weights: Annotated[list[Number], Len(2, 2)] = field(default_factory=lambda: [1.0, 1.0])
+    density: Annotated[Number, Interval(gt=0, le=1)] = 0.5  # share of weights TIES / DARE keep
     majority_sign_method: Literal["total", "frequency"] = "total"
     dtype: DType = "float16"  # of the merged models; "auto" keeps each tensor's stored dtype
     # models.json's stands_in_for for the base and for base + Platypus adapter.
@@ -357,40 +330,35 @@ class MergeConfig:
     def _consistent(self) -> MergeConfig:
         names = ["base", "platypus"] + [n for p in self.partners for n in (p.name, p.merged_name)]
         if repeated := sorted({n for n in names if names.count(n) > 1}):
-            raise _Invalid(f"names distinct from each other and from 'base'/'platypus' (repeated: "
-                           f"{', '.join(repeated)})", "partners")
+            raise _RuleError("partners", f"should have names distinct from each other and from 'base'/'platypus' "
+                             f"(repeated: {', '.join(repeated)})")
         if self.method != "linear" and (full := [p.name for p in self.partners if p.model is not None]):
-            raise _Invalid(f"'linear' when a partner is a full model ({', '.join(full)}): {self.method} combines "
-                           f"LoRA adapters, so it needs built partners", "method")
+            raise _RuleError("method", f"should be 'linear' when a partner is a full model ({', '.join(full)}): "
+                             f"{self.method} combines LoRA adapters, so it needs built partners")
         return self
 
 
 @_section
 class EvaluateConfig:
-    tasks: Annotated[list[EvalTask], _distinct("tasks")] = field(default_factory=lambda: list(EVAL_TASKS))
+    tasks: Annotated[list[EvalTask], MinLen(1), AfterValidator(_no_repeats)] = \
+        field(default_factory=lambda: list(EVAL_TASKS))
     num_fewshot: dict[EvalTask, NonNegativeInt] = field(default_factory=lambda: dict(LEADERBOARD_SHOTS))
     limit: Optional[PositiveInt] = None  # questions per task (per MMLU subject); null: all
     # Questions for the tasks named, overriding limit, e.g. {hellaswag: 300, arc_challenge: null} (null: all).
     task_limits: dict[EvalTask, Optional[PositiveInt]] = field(default_factory=dict)
-    # MMLU subjects scored; null: all 57, whose unweighted mean is the leaderboard's MMLU number.
-    mmlu_subjects: Optional[Annotated[list[Str], _check("a non-empty list of MMLU subjects, or null for all 57",
-                                                        len)]] = None
+    mmlu_subjects: Optional[Annotated[list[Str], MinLen(1)]] = None  # null: all 57 (the leaderboard's mean)
     batch_size: PositiveInt = 8
     dtype: DType = "auto"  # "auto" keeps the checkpoint's (fp16 for Llama-2, as the leaderboard ran it)
     quantization: Literal["none", "nf4"] = "none"  # nf4: every model in 4 bits (bitsandbytes)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     task_source: Literal["local", "hub"] = "local"  # local: data/ through generated YAMLs; hub: lm-eval's own
-    # prefix_cache: each shared prefix (TruthfulQA's primer, an MMLU subject's shots, a question's context) run once
-    # and its key/value cache reused (platypus_nb.prefix_lm; log-likelihoods equal HFLM's within 1e-4); hflm: plain.
     scorer: Literal["prefix_cache", "hflm"] = "prefix_cache"
-    # Rows of each built partner's own build_data that did not build it (the next ones of its seeded pool), on which
-    # step 05 measures every model's loss beside the Open-Platypus held-out rows. 0: none.
     partner_heldout_rows: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _shots_for_every_task(self) -> EvaluateConfig:
         if missing := [t for t in self.tasks if t not in self.num_fewshot]:
-            raise _Invalid(f"a shot count for every task, missing {missing[0]!r}", "num_fewshot")
+            raise _RuleError("num_fewshot", f"should give a shot count for every task, missing {missing[0]!r}")
         return self
 
 
@@ -459,29 +427,24 @@ def load_config(name_or_path: str | Path = "tiny", overrides: Optional[dict[str,
 
 def parse_overrides(overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
     """``["finetune.lora_r=8"]`` or ``{"finetune.lora_r": 8}``; string values are parsed as YAML scalars."""
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected key=value, e.g. finetune.learning_rate=1e-4")
-            key, value = item.split("=", 1)
-            items.append((key.strip(), value))
-    return {k: (yaml.safe_load(v) if isinstance(v, str) else v) for k, v in items}
+    items = list(overrides.items()) if isinstance(overrides, dict) else [item.split("=", 1) for item in overrides]
+    for item in items:
+        if len(item) != 2:
+            raise ConfigError(f"override {item[0]!r}: expected key=value, e.g. finetune.learning_rate=1e-4")
+    return {k.strip(): (yaml.safe_load(v) if isinstance(v, str) else v) for k, v in items}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
     """A copy of ``raw`` with each dotted key set; sections the file leaves out are created."""
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        parts = dotted.split(".")
+        *sections, key = dotted.split(".")
         node = out
-        for part in parts[:-1]:
+        for part in sections:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: override {dotted!r}: {part!r} is not a section")
-        node[parts[-1]] = value
+        node[key] = value
     return out
 
 
@@ -496,28 +459,18 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def _describe(err: Any) -> str:
-    """One pydantic error as one line: the dotted key (list items by index), what was expected, what was given."""
+    """pydantic's first error as one line: the dotted key (list items by index), its message, the value given."""
     loc = [part for part in err["loc"] if part != "[key]"]
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    value, kind, ctx = err.get("input"), err["type"], err.get("ctx") or {}
-    given = f"got {type(value).__name__} {value!r}"
-    if kind == "unexpected_keyword_argument":
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "<top level>"
+    if err["type"] == "unexpected_keyword_argument":
         known = [f.name for f in dataclasses.fields(_section_at(loc[:-1])) if f.init]
         return f"unknown key '{key}' (known keys here: {', '.join(known)})"
-    if kind == "value_error" and isinstance(ctx.get("error"), _Invalid):
-        error = ctx["error"]
-        key = ".".join(filter(None, (key, error.key)))
-        scalar = value is None or isinstance(value, (str, int, float))
-        return f"{key}: expected {error}" + (f", got {value!r}" if scalar and error.quote else "")
-    expected = {"int_type": "int", "string_type": "str", "bool_type": "bool", "float_type": "a number",
-                "list_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
-    if kind in expected:
-        return f"{key or '<top level>'}: expected {expected[kind]}, {given}"
-    if kind == "finite_number":
-        return f"{key}: expected a finite number, got {value!r}"
-    if kind == "literal_error":
-        return f"{key}: expected one of {ctx['expected']}, got {value!r}"
-    return f"{key}: {err['msg']}, {given}"
+    error = (err.get("ctx") or {}).get("error")
+    if isinstance(error, _RuleError):  # raised by a section's model_validator: the rule's message says it all
+        return f"{key}.{error.key}: {error}"
+    message = str(error) if isinstance(error, ValueError) else err["msg"].removeprefix("Input ")
+    value = err["input"]
+    return f"{key}: {message[0].lower()}{message[1:]}, got {type(value).__name__} {value!r:.80}"
 
 
 def _section_at(loc: list[Any]) -> type:

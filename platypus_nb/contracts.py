@@ -8,7 +8,9 @@ cannot drift from what the notebooks do.
 
 Training rows (step 01's ``open_platypus.jsonl``, step 02's ``clean.jsonl``, a user's own JSONL) are read by steps
 02, 03 and 04 through :func:`read_training_rows`: one reader, one rule, one error style (file, line, key,
-expectation); :func:`question_text` is the one text of a row that any stage embeds.
+expectation); :func:`question_text` is the one text of a row that any stage embeds. The vendored benchmark splits
+in ``data/`` that stages read (test sets, validation splits) have one reader too,
+:func:`platypus_nb.benchmarks_data.read_benchmark`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
 import importlib.metadata
 import json
 import logging
@@ -41,10 +40,10 @@ from typing import Any, Iterator, Optional
 
 import pandas as pd
 
-from platypus_nb.assets import data_file
+from platypus_nb.benchmarks_data import benchmark_file, read_benchmark
 from platypus_nb.config import EVAL_TASKS, LEADERBOARD_SHOTS, Config, EvaluateConfig, resolve_path
 from platypus_nb.contracts import MODELS_JSON
-from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, read_jsonl, write_jsonl
+from platypus_nb.io import atomic_write_json, atomic_write_text, read_csv_checked, write_jsonl
 
 # lm-eval's default few-shot seed, with which the leaderboard's harness drew ARC's and HellaSwag's examples; kept
 # whatever the run's seed, so that the prompts are the leaderboard's (docs/evaluation.md).
@@ -197,7 +196,7 @@ class TaskPlan:
 
 def mmlu_subjects(requested: Optional[list[str]] = None) -> list[str]:
     """The 57 MMLU subjects of the vendored test set, or the requested ones after checking each exists."""
-    known = sorted({row["subject"] for row in read_jsonl(data_file("mmlu_test.jsonl.gz"))})
+    known = sorted({row["subject"] for row in read_benchmark("mmlu_test")})
     if requested is None:
         return known
     unknown = [s for s in requested if s not in known]
@@ -248,10 +247,10 @@ def write_task_yamls(tasks: list[str], shots: dict[str, int], subjects: list[str
             continue
         values: dict[str, Any] = {"num_fewshot": shots[task], "lm_eval_yaml": lm_eval_task_yaml(task)}
         if task == "arc_challenge":
-            values.update({f"arc_challenge_{split}": data_file(f"arc_challenge_{split}.jsonl.gz")
+            values.update({f"arc_challenge_{split}": benchmark_file(f"arc_challenge_{split}")
                            for split in ("train", "validation", "test")})
         elif task == "hellaswag":
-            values.update(hellaswag_validation=data_file("hellaswag_validation.jsonl.gz"))
+            values.update(hellaswag_validation=benchmark_file("hellaswag_validation"))
         elif task == "truthfulqa_mc2":
             values.update(truthfulqa_mc=write_truthfulqa_mc(tasks_dir / "data" / "truthfulqa_mc.jsonl"))
         written.append(_fill_template(task, values, tasks_dir / f"{task}.yaml"))
@@ -292,14 +291,11 @@ def truthfulqa_mc_rows() -> list[dict[str, Any]]:
     mile in area?", mc_task.json's "What happens if you eat a pomegranate?"), and the Hub's order cannot be had
     offline: a ``limit`` run scores other questions than a Hub run with the same limit (docs/evaluation.md).
     """
-    with gzip.open(data_file("truthfulqa_mc_task.json.gz"), "rt", encoding="utf-8") as f:
-        items = json.load(f)
-
     def targets(answers: dict[str, int]) -> dict[str, list]:
         return {"choices": list(answers), "labels": [int(v) for v in answers.values()]}
 
     return [{"question": it["question"], "mc1_targets": targets(it["mc1_targets"]),
-             "mc2_targets": targets(it["mc2_targets"])} for it in items]
+             "mc2_targets": targets(it["mc2_targets"])} for it in read_benchmark("truthfulqa_mc_task")]
 
 
 def write_truthfulqa_mc(target: Path) -> Path:
@@ -308,7 +304,7 @@ def write_truthfulqa_mc(target: Path) -> Path:
 
 def write_mmlu_subject_files(subjects: list[str], folder: Path) -> dict[str, dict[str, Path]]:
     """One test and one dev JSONL per subject, so that ``limit`` and few-shot work per subject as in lm-eval."""
-    by_split = {split: read_jsonl(data_file(f"mmlu_{split}.jsonl.gz")) for split in ("test", "dev")}
+    by_split = {split: read_benchmark(f"mmlu_{split}") for split in ("test", "dev")}
     files: dict[str, dict[str, Path]] = {}
     for subject in subjects:
         files[subject] = {}

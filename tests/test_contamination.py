@@ -21,6 +21,7 @@ from platypus_nb.assets import data_file
 from platypus_nb.config import ConfigError, ContaminationConfig, EvalSetConfig, TEST_SETS, load_config
 from platypus_nb.contamination.analysis import apply_decisions
 from platypus_nb.contamination.testsets import data_source_of
+from platypus_nb.contracts import read_training_rows
 from platypus_nb.embeddings import EmbeddingCache, embed_texts
 from platypus_nb.io import open_text, read_jsonl, write_jsonl
 
@@ -118,7 +119,7 @@ def planted(tmp_path_factory):
     cfg = paper_splits()
     items = C.load_test_items(cfg.benchmarks, cfg.eval_splits, max_items=N_ITEMS)
     items += [i for i in C.load_test_set("truthfulqa") if i.text == "What is your favorite color?"]
-    rows = C.load_training_rows(path)
+    rows = read_training_rows(path)
     train_texts = [C.question_text(r) for r in rows]
     test_texts = [i.text for i in items]
     pieces = C.embed_pieces(train_texts, items, "all-MiniLM-L6-v2", 16, EmbeddingCache("all-MiniLM-L6-v2"),
@@ -276,7 +277,7 @@ def test_a_short_review_row_names_the_file_and_line(tmp_path):
 
 def test_a_review_file_that_does_not_exist_is_an_error_not_an_empty_review(tmp_path):
     typo = "data/contamination_reveiw.csv"
-    with pytest.raises(ConfigError, match=r"contamination.review_file: expected an existing file, but .*reveiw"):
+    with pytest.raises(ConfigError, match=r"contamination.review_file: should be an existing file, but .*reveiw"):
         load_config("tiny", {"contamination.review_file": typo})
     with pytest.raises(FileNotFoundError, match=r"contamination.review_file: .*reveiw.csv does not exist"):
         C.load_review(typo)
@@ -326,19 +327,19 @@ def test_malformed_training_rows_are_reported_with_their_line(tmp_path, lines, m
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=message):
-        C.load_training_rows(path)
+        read_training_rows(path)
 
 
 def test_null_input_and_data_source_read_as_empty(tmp_path):
     path = tmp_path / "train.jsonl"
     write_jsonl(path, [{"instruction": "Name a prime.", "input": None, "output": "2", "data_source": None}])
-    row = C.load_training_rows(path)[0]
+    row = read_training_rows(path)[0]
     assert C.question_text(row) == "Name a prime."
     assert data_source_of(row) == "(none)"
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"contamination.threshold": 0.2}, r"contamination.threshold: expected a cosine similarity of at least 0.5"),
+    ({"contamination.threshold": 0.2}, r"contamination.threshold: should be greater than or equal to 0.5, got float 0.2"),
     ({"contamination.threshold": 0.97}, r"duplicate_similarity: .*raising threshold above 0.95 needs "
                                         r"duplicate_similarity raised with it"),
 ])

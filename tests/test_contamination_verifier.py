@@ -107,9 +107,9 @@ def test_without_the_verifier_the_rewordings_are_missed(pinned):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"contamination.recall_floor": 0.85}, r"recall_floor: expected a cosine in \[0, threshold \(0.8\)\)"),
+    ({"contamination.recall_floor": 0.85}, r"recall_floor: should be below threshold \(0.8\)"),
     ({"contamination.verifier": "cross-encoder"}, r"contamination.verifier"),
-    ({"contamination.recall_top_k": 0}, r"recall_top_k: expected a positive integer"),
+    ({"contamination.recall_top_k": 0}, r"recall_top_k: should be greater than 0, got int 0"),
 ])
 def test_bad_verifier_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from platypus_nb.config import load_config
-from platypus_nb.contamination import load_training_rows
+from platypus_nb.contracts import read_training_rows
 from platypus_nb.finetune import TrainingDataError, load_train_rows
 from platypus_nb.paths import PROJECT_ROOT
 
@@ -18,7 +18,7 @@ GOOD = b'{"instruction": "Add 2 and 2.", "input": "", "output": "4", "data_sourc
 def both_readers(path):
     """Step 02's and step 03's reader: each must fail with the same message."""
     messages = []
-    for read, error in ((load_training_rows, ValueError), (load_train_rows, TrainingDataError)):
+    for read, error in ((read_training_rows, ValueError), (load_train_rows, TrainingDataError)):
         with pytest.raises(error) as info:
             read(path)
         messages.append(str(info.value))
@@ -47,12 +47,12 @@ def test_good_rows_read_the_same_from_plain_and_gzip_files_and_lists(tmp_path):
     plain.write_bytes(GOOD + b"\n" + GOOD.replace(b'"input": ""', b'"input": null'))
     with gzip.open(packed, "wb") as f:
         f.write(plain.read_bytes())
-    rows = load_training_rows(plain)
+    rows = read_training_rows(plain)
     assert rows == load_train_rows(packed) == load_train_rows(rows) and rows[1]["input"] is None
     # An empty output is a row the original build kept (ARB's MCAT solutions) and trained on EOS: both steps read it.
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(GOOD + b"\n" + GOOD.replace(b'"output": "', b'"output": "" , "was": "'))
-    assert load_training_rows(empty)[1]["output"] == "" == load_train_rows(empty)[1]["output"]
+    assert read_training_rows(empty)[1]["output"] == "" == load_train_rows(empty)[1]["output"]
 
 
 # --------------------------------------------------------------------------------------------------- figures

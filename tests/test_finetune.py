@@ -211,10 +211,10 @@ def test_bad_settings_fail_before_training(tmp_path, math_rows, tiny_llama_dir):
                                               r"o_proj, q_proj, up_proj, v_proj$"):
         train_lora(math_rows, dataclasses.replace(RECIPE, lora_target_modules=["up_proj", "mlp"]),
                    str(tiny_llama_dir), out, 0)
-    with pytest.raises(ConfigError, match="global_batch_size: expected a multiple of micro_batch_size x world_size"):
+    with pytest.raises(ConfigError, match="global_batch_size: should be a multiple of micro_batch_size x world_size"):
         train_lora(math_rows, dataclasses.replace(RECIPE, global_batch_size=6, micro_batch_size=4),
                    str(tiny_llama_dir), out, 0)
-    with pytest.raises(ConfigError, match="global_batch_size: expected a multiple"):
+    with pytest.raises(ConfigError, match="global_batch_size: should be a multiple"):
         load_config("tiny", {"finetune.world_size": 3})
     with pytest.raises(TrainingDataError, match="do not fill one global batch"):
         train_lora(math_rows[:3], RECIPE, str(tiny_llama_dir), out, 0)

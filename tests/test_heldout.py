@@ -62,9 +62,9 @@ def test_heldout_keys_are_typed_and_off_for_the_paper():
         assert (paper.contamination.heldout_rows, paper.evaluate.partner_heldout_rows) == (0, 0)
     tiny = load_config("tiny")
     assert (tiny.contamination.heldout_rows, tiny.evaluate.partner_heldout_rows) == (12, 12)
-    with pytest.raises(ConfigError, match=r"contamination.heldout_rows: expected a non-negative integer, got -1"):
+    with pytest.raises(ConfigError, match=r"contamination.heldout_rows: should be greater than or equal to 0, got int -1"):
         load_config("tiny", ["contamination.heldout_rows=-1"])
-    with pytest.raises(ConfigError, match=r"evaluate.partner_heldout_rows: expected int, got bool True"):
+    with pytest.raises(ConfigError, match=r"evaluate.partner_heldout_rows: should be a valid integer, got bool True"):
         load_config("tiny", ["evaluate.partner_heldout_rows=true"])
 
 

@@ -191,7 +191,6 @@ def test_the_real_stages_declare_reads_of_earlier_notebooks_only():
     assert set(STAGES) == set(stems)
     for stem, contract in STAGES.items():
         assert all(read.stage in stems and read.stage < stem for read in contract.reads), stem
-    assert {r.stage for r in STAGES["03_finetune"].reads} == {"02_contamination_analysis"}
     for step in discover_steps():  # what each notebook asks for, read from its cells, is declared
         asked = set(re.findall(r'output_of\(\\?"(\w+)\\?"\)', step.notebook.read_text()))
         assert asked <= {r.stage for r in STAGES[step.stem].reads}, step.stem

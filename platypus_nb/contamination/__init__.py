@@ -2,7 +2,8 @@
 
 The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 
-1. :func:`load_training_rows` (step 01's ``open_platypus.jsonl``) and :func:`load_test_items` (data/);
+1. :func:`platypus_nb.contracts.read_training_rows` (step 01's ``open_platypus.jsonl``) and :func:`load_test_items`
+   (data/);
 2. :func:`embed_pieces` on both sides (whole texts, test items' question stems, long rows' chunks; cached), then
    :func:`semantic_pairs` (every whole-text pair at or above the threshold) and :func:`nearest_training_rows` (each
    test item's nearest row, what the original used);
@@ -23,12 +24,12 @@ from platypus_nb.contamination.segments import chunks, question_stem, window_cut
 from platypus_nb.contamination.verifier import (Pieces, embed_pieces, recall_candidates, test_pieces,
                                                 training_pieces)
 from platypus_nb.contamination.testsets import (TestItem, load_eval_set, load_test_items, load_test_set,
-                                                load_training_rows, training_text_hash)
+                                                training_text_hash)
 from platypus_nb.contracts import question_text
 
 __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "question_stem", "recall_candidates",
            "test_pieces", "training_pieces", "answer_agreement", "flag_pairs", "heldout_split", "lexical_pairs",
-           "load_review", "load_eval_set", "load_test_items", "load_test_set", "load_training_rows",
+           "load_review", "load_eval_set", "load_test_items", "load_test_set",
            "nearest_training_rows", "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows",
            "suggest_category", "summarize", "question_text", "training_text_hash", "unknown_review_items",
            "window_cut", "write_outputs"]

@@ -12,18 +12,16 @@ elsewhere the position in the file (MMLU: within its subject), which is the Hugg
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from platypus_nb.assets import data_file
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import TEST_SETS, EvalSetConfig, resolve_path
-from platypus_nb.contracts import question_text, read_training_rows
+from platypus_nb.contracts import question_text
 from platypus_nb.dataset.sources import theoremqa_test_records
-from platypus_nb.io import iter_jsonl, open_text, read_jsonl, sha256_text
+from platypus_nb.io import iter_jsonl, sha256_text
 
 
 @dataclass(frozen=True)
@@ -44,17 +42,6 @@ def training_text_hash(row: dict[str, Any]) -> str:
     return sha256_text(question_text(row))[:16]
 
 
-def load_training_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read the training JSONL, checking every row before any work starts (the schema and reader step 03 uses too,
-    :mod:`platypus_nb.contracts`).
-
-    The rule is :data:`platypus_nb.contracts.TRAINING_ROW_KEYS`; a missing or null data_source is reported as
-    ``"(none)"``. A bad row raises ValueError naming the file and its 1-based line number. Rows are returned
-    unchanged, so the clean file keeps every field.
-    """
-    return read_training_rows(path)
-
-
 def data_source_of(row: dict[str, Any]) -> str:
     return row.get("data_source") or "(none)"
 
@@ -64,7 +51,7 @@ def data_source_of(row: dict[str, Any]) -> str:
 
 def _arc_challenge() -> list[TestItem]:
     items = []
-    for row in read_jsonl(data_file("arc_challenge_test.jsonl.gz")):
+    for row in read_benchmark("arc_challenge_test"):
         choices = tuple(row["choices"]["text"])
         answer = choices[row["choices"]["label"].index(row["answerKey"])]
         items.append(TestItem("arc_challenge", f"arc_challenge:{row['id']}", row["question"], answer, choices))
@@ -75,7 +62,7 @@ def _hellaswag() -> list[TestItem]:
     # The context is what the model reads; the endings are its options (lm-eval's preprocessing strips "[title]"
     # style markers for scoring, but a copy in training data would carry the raw text, so we keep it).
     items = []
-    for i, row in enumerate(read_jsonl(data_file("hellaswag_validation.jsonl.gz"))):
+    for i, row in enumerate(read_benchmark("hellaswag_validation")):
         choices = tuple(row["endings"])
         items.append(TestItem("hellaswag", f"hellaswag:{i}", row["ctx"], choices[int(row["label"])], choices))
     return items
@@ -83,7 +70,7 @@ def _hellaswag() -> list[TestItem]:
 
 def _mmlu() -> list[TestItem]:
     items, seen = [], defaultdict(int)
-    for row in read_jsonl(data_file("mmlu_test.jsonl.gz")):
+    for row in read_benchmark("mmlu_test"):
         n = seen[row["subject"]]
         seen[row["subject"]] += 1
         choices = tuple(str(c) for c in row["choices"])
@@ -94,10 +81,8 @@ def _mmlu() -> list[TestItem]:
 
 def _truthfulqa() -> list[TestItem]:
     # mc1_targets lists the one correct answer first (1) and the wrong ones after it (0).
-    with open_text(data_file("truthfulqa_mc_task.json.gz")) as f:
-        rows = json.load(f)
     items = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(read_benchmark("truthfulqa_mc_task")):
         targets = row["mc1_targets"]
         answer = next(text for text, label in targets.items() if label == 1)
         items.append(TestItem("truthfulqa", f"truthfulqa:{i}", row["question"], answer, tuple(targets)))
@@ -109,7 +94,7 @@ _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 
 def _math_test() -> list[TestItem]:
     items = []
-    for row in read_jsonl(data_file("math_test.jsonl.gz")):
+    for row in read_benchmark("math_test"):
         boxed = _BOXED.findall(row["solution"])
         items.append(TestItem("math_test", f"math_test:{row['idx']}", row["problem"], boxed[-1] if boxed else None))
     return items

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from platypus_nb.assets import AssetError, data_file
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import DATASET_SOURCES, DatasetConfig, resolve_path
 from platypus_nb.io import open_text, read_jsonl
 
@@ -145,6 +146,13 @@ def _vendored(name: str, rel: str) -> Path:
         raise SourceUnavailableError(f"source {name!r}: {e}") from e
 
 
+def _benchmark(name: str, split: str) -> list[dict[str, Any]]:
+    try:
+        return read_benchmark(split)
+    except AssetError as e:
+        raise SourceUnavailableError(f"source {name!r}: {e}") from e
+
+
 def _vendored_json(name: str, rel: str) -> list[dict[str, Any]]:
     with open_text(_vendored(name, rel)) as f:
         return json.load(f)
@@ -174,7 +182,7 @@ def _load_math(dcfg: DatasetConfig) -> list[dict[str, Any]]:
             row for subject in MATH_SUBJECTS for row in _hub_rows(MATH_TRAIN_HUB_ID, name=subject, split="train")])
         records += [dict(r, _split="train") for r in train]
     if "test" in dcfg.math_splits:
-        records += [dict(r, _split="test") for r in read_jsonl(_vendored("math", "math_test.jsonl.gz"))]
+        records += [dict(r, _split="test") for r in _benchmark("math", "math_test")]
     return records
 
 
@@ -269,12 +277,9 @@ def _hub_source(name: str, hub_id: str, splits: tuple[str, ...] = ("train",),
     return load
 
 
-def _vendored_source(name: str, rel: str) -> Callable[[DatasetConfig], list[dict[str, Any]]]:
+def _vendored_source(name: str, split: str) -> Callable[[DatasetConfig], list[dict[str, Any]]]:
     def load(dcfg: DatasetConfig) -> list[dict[str, Any]]:
-        def vendored() -> list[dict[str, Any]]:
-            return read_jsonl(_vendored(name, rel)) if ".jsonl" in rel else _vendored_json(name, rel)
-
-        return _local_or(name, dcfg, vendored)
+        return _local_or(name, dcfg, lambda: _benchmark(name, split))
 
     return load
 
@@ -294,6 +299,6 @@ _LOADERS: dict[str, Callable[[DatasetConfig], list[dict[str, Any]]]] = dict(zip(
     _hub_source("tigerbot", "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
     _load_arb,
     _hub_source("guanaco", "timdettmers/openassistant-guanaco", splits=("train", "test")),
-    _vendored_source("openbookqa", "openbookqa_validation.jsonl.gz"),
-    _vendored_source("sciq", "sciq_validation.jsonl.gz"),
+    _vendored_source("openbookqa", "openbookqa_validation"),
+    _vendored_source("sciq", "sciq_validation"),
 ), strict=True))

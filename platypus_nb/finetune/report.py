@@ -4,8 +4,6 @@ base and the fine-tuned model side by side for questions it trained on (held-in)
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import statistics
 from pathlib import Path
@@ -14,7 +12,8 @@ from typing import Any, Optional
 import pandas as pd
 import torch
 
-from platypus_nb.assets import data_file, load_model, load_tokenizer
+from platypus_nb.assets import load_model, load_tokenizer
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.finetune.data import check_cutoff_fits_template, count_steps, n_targets, tokenize_rows
 from platypus_nb.prompts import render_prompt, response_of
@@ -123,9 +122,7 @@ def _question(row: dict) -> dict[str, str]:
 
 
 def _arc_questions(n: int, seed: int) -> list[dict]:
-    with gzip.open(data_file("arc_challenge_test.jsonl.gz"), "rt") as f:
-        items = [json.loads(line) for line in f]
-    picked = random.Random(seed).sample(items, n)
+    picked = random.Random(seed).sample(read_benchmark("arc_challenge_test"), n)
     return [{"instruction": q["question"] + "\n" + "\n".join(f"{label}. {text}" for label, text in
                                                            zip(q["choices"]["label"], q["choices"]["text"])),
              "output": q["answerKey"]} for q in picked]

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from platypus_nb.assets import data_file, resolve_model
+from platypus_nb.assets import resolve_model
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
 from platypus_nb.contracts import question_text
 from platypus_nb.io import (atomic_directory, atomic_write_json, changed_file, read_jsonl, sha256_file, sha256_text,
@@ -55,7 +56,7 @@ def _multiple_choice_row(question: str, choices: list[str], answer: int, source:
 
 def _arc_easy_rows(seed: int) -> list[dict[str, str]]:
     rows = []
-    for r in read_jsonl(data_file("arc_easy_validation.jsonl.gz")):
+    for r in read_benchmark("arc_easy_validation"):
         labels = r["choices"]["label"]
         rows.append(_multiple_choice_row(r["question"], r["choices"]["text"], labels.index(r["answerKey"]),
                                          "arc_easy_validation"))
@@ -64,7 +65,7 @@ def _arc_easy_rows(seed: int) -> list[dict[str, str]]:
 
 def _openbookqa_rows(seed: int) -> list[dict[str, str]]:
     rows = []
-    for r in read_jsonl(data_file("openbookqa_validation.jsonl.gz")):
+    for r in read_benchmark("openbookqa_validation"):
         labels = r["choices"]["label"]
         rows.append(_multiple_choice_row(r["question_stem"], r["choices"]["text"], labels.index(r["answerKey"]),
                                          "openbookqa_validation"))
@@ -74,7 +75,7 @@ def _openbookqa_rows(seed: int) -> list[dict[str, str]]:
 def _sciq_rows(seed: int) -> list[dict[str, str]]:
     """SciQ has the answer and three distractors; they are shuffled per question with the run's seed."""
     rows = []
-    for i, r in enumerate(read_jsonl(data_file("sciq_validation.jsonl.gz"))):
+    for i, r in enumerate(read_benchmark("sciq_validation")):
         choices = [r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]]
         random.Random(f"{seed}-sciq-{i}").shuffle(choices)
         rows.append(_multiple_choice_row(r["question"], choices, choices.index(r["correct_answer"]),
@@ -84,7 +85,7 @@ def _sciq_rows(seed: int) -> list[dict[str, str]]:
 
 def _mmlu_medical_rows(seed: int) -> list[dict[str, str]]:
     return [_multiple_choice_row(r["question"], r["choices"], r["answer"], f"mmlu_validation/{r['subject']}")
-            for r in read_jsonl(data_file("mmlu_validation.jsonl.gz")) if r["subject"] in MEDICAL_SUBJECTS]
+            for r in read_benchmark("mmlu_validation") if r["subject"] in MEDICAL_SUBJECTS]
 
 
 # A partner's build_data sources, in the order of config.PARTNER_DATA_NAMES, which owns the names.
