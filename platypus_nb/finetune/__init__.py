@@ -74,7 +74,8 @@ def train_lora(train_rows: list[dict] | str | Path, cfg: FinetuneConfig, base_mo
     fingerprint = run_fingerprint(rows, cfg, base_model, seed, n_steps)
     resume_from, resumed_from, why_not = resume_point(out_dir / CHECKPOINTS, fingerprint)
     if resume_from is not None and (force or not cfg.resume):
-        why_not = f"{resume_from} not resumed ({'--force' if force else 'finetune.resume: false'}): training from step 0"
+        why_not = (f"{resume_from} not resumed ({'--force' if force else 'finetune.resume: false'}): training from "
+                   f"step 0")
         resume_from, resumed_from = None, []
     if why_not:
         print(why_not)

@@ -75,9 +75,10 @@ def resume_point(folder: Path, fingerprint: dict) -> tuple[Optional[Path], list[
         return None, [], None
     latest = done[-1]
     record = json.loads((latest / COMMIT_FILE).read_text())
-    saved, settings = record["fingerprint"], sorted(set(record["fingerprint"]["finetune"]) | set(fingerprint["finetune"]))
-    changed = ([f"finetune.{k}" for k in settings if saved["finetune"].get(k) != fingerprint["finetune"].get(k)]
-               + [k for k in fingerprint if k != "finetune" and saved.get(k) != fingerprint[k]])
+    saved, now = record["fingerprint"], fingerprint
+    changed = ([f"finetune.{k}" for k in sorted(set(saved["finetune"]) | set(now["finetune"]))
+                if saved["finetune"].get(k) != now["finetune"].get(k)]
+               + [k for k in now if k != "finetune" and saved.get(k) != now[k]])
     if changed:
         return None, [], f"{latest} was trained with other {', '.join(changed)} than this run: training from step 0"
     files = {str(p.relative_to(latest)) for p in latest.rglob("*") if p.is_file()} - {COMMIT_FILE}
