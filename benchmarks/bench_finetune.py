@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import os
 import platform
@@ -50,7 +49,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from platypus_nb.assets import DEFAULT_BASE_MODEL, data_file, load_tokenizer, resolve_model
+from platypus_nb.assets import DEFAULT_BASE_MODEL, load_tokenizer, resolve_model
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.finetune import train_lora
 from platypus_nb.finetune.data import IGNORE_INDEX, count_steps, n_targets, plan_steps, tokenize_rows
@@ -68,8 +68,7 @@ SEED = 42
 
 def bench_rows(n: int) -> list[dict]:
     """Real MATH test problems with worked solutions, as step 01 formats them (Alpaca rows without input)."""
-    with gzip.open(data_file("math_test.jsonl.gz"), "rt") as f:
-        problems = [json.loads(line) for _, line in zip(range(n), f)]
+    problems = read_benchmark("math_test")[:n]
     return [{"instruction": p["problem"], "input": "", "output": p["solution"]} for p in problems]
 
 
@@ -133,7 +132,7 @@ def run_hf(rows: list[dict], cfg: FinetuneConfig, model_name: str, steps: int, w
         max_steps=steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to=[],
         seed=SEED, train_sampling_strategy="sequential", use_cpu=not cuda,
-        bf16=precision.mixed_precision == "bf16", fp16=precision.mixed_precision == "fp16",
+        bf16=precision["mixed_precision"] == "bf16", fp16=precision["mixed_precision"] == "fp16",
         dataloader_num_workers=0, disable_tqdm=True, log_level="error")
     steps_log: list[dict] = []
 
@@ -215,7 +214,7 @@ def main() -> None:
     count_steps(len(examples), base, args.steps)
     model_config = AutoConfig.from_pretrained(resolve_model(model))
 
-    compute_dtype = getattr(torch, resolve_precision(base, torch.cuda.is_available()).compute_dtype)
+    compute_dtype = getattr(torch, resolve_precision(base, torch.cuda.is_available())["compute_dtype"])
     load_before = os.getloadavg()
     peak = matmul_peak_flops(compute_dtype)
     measured: dict[str, list[list[dict]]] = {name: [] for name in variants}
@@ -271,7 +270,7 @@ def main() -> None:
     record = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "loadavg_before": load_before, "loadavg_after": load_after},
-        "model": model, "precision": resolve_precision(base, torch.cuda.is_available()).as_dict(), "rows": "MATH test (vendored), first %d" % args.rows,
+        "model": model, "precision": resolve_precision(base, torch.cuda.is_available()), "rows": "MATH test (vendored), first %d" % args.rows,
         "settings": {"steps_per_block": args.steps, "rounds": args.rounds, "global_batch_size": args.global_batch,
                      "cutoff_len": args.cutoff, "timed_steps": len(timed_steps) * args.rounds,
                      "tokens_per_step": statistics.mean(sum(len(examples[i]["input_ids"]) for i in s)

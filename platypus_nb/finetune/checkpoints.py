@@ -75,10 +75,12 @@ def resume_point(folder: Path, fingerprint: dict) -> tuple[Optional[Path], list[
         return None, [], None
     latest = done[-1]
     record = json.loads((latest / COMMIT_FILE).read_text())
-    changed = _differences(record["fingerprint"], fingerprint)
+    saved, now = record["fingerprint"], fingerprint
+    changed = ([f"finetune.{k}" for k in sorted(set(saved["finetune"]) | set(now["finetune"]))
+                if saved["finetune"].get(k) != now["finetune"].get(k)]
+               + [k for k in now if k != "finetune" and saved.get(k) != now[k]])
     if changed:
-        return None, [], (f"{latest} was trained with other {', '.join(changed)} than this run: training from "
-                          f"step 0")
+        return None, [], f"{latest} was trained with other {', '.join(changed)} than this run: training from step 0"
     files = {str(p.relative_to(latest)) for p in latest.rglob("*") if p.is_file()} - {COMMIT_FILE}
     damaged = sorted((files ^ set(record["files"]))
                      | {n for n in files & set(record["files"]) if sha256_file(latest / n) != record["files"][n]})
@@ -86,9 +88,3 @@ def resume_point(folder: Path, fingerprint: dict) -> tuple[Optional[Path], list[
         return None, [], (f"{latest}: {', '.join(damaged)} changed since the checkpoint was written: training "
                           f"from step 0")
     return latest, record["resumed_from_steps"] + [int(latest.name.split("-")[1])], None
-
-
-def _differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved["finetune"]) | set(current["finetune"]))
-    changed = [f"finetune.{k}" for k in keys if saved["finetune"].get(k) != current["finetune"].get(k)]
-    return changed + [k for k in current if k != "finetune" and saved.get(k) != current[k]]

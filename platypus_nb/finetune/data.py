@@ -17,29 +17,18 @@ from typing import Any, Optional, Sequence
 import torch
 
 from platypus_nb.config import FinetuneConfig
+# Bad rows, and settings that leave them nothing to train on: the message names the file, row or key.
+from platypus_nb.contracts import TrainingRowsError as TrainingDataError, check_training_rows, read_training_rows
 from platypus_nb.prompts import render_prompt
 
 IGNORE_INDEX = -100
 PAD_TO_MULTIPLE_OF = 8  # DataCollatorForSeq2Seq(pad_to_multiple_of=8) in the original
 
 
-class TrainingDataError(ValueError):
-    """The training rows cannot be used; the message names the file or row and what was expected."""
-
-
 def load_train_rows(source: list[dict] | str | Path) -> list[dict[str, Any]]:
-    """Rows ``{instruction, input, output, ...}`` from a list or a JSONL file, checked before any training starts.
-
-    One schema and reader for steps 02, 03 and 04 (:mod:`platypus_nb.contracts`): ``instruction`` a non-empty
-    string, ``output`` a string (may be empty, as the original build kept), ``input`` and ``data_source`` strings
-    or null.
-    """
-    from platypus_nb.contracts import TrainingRowsError, check_training_rows, read_training_rows
-
-    try:
-        return check_training_rows(source, "train_rows") if isinstance(source, list) else read_training_rows(source)
-    except TrainingRowsError as e:
-        raise TrainingDataError(str(e)) from None
+    """Rows ``{instruction, input, output, ...}`` from a list or a JSONL file, checked before any training starts
+    by the one schema and reader of steps 02, 03 and 04 (:mod:`platypus_nb.contracts`)."""
+    return check_training_rows(source, "train_rows") if isinstance(source, list) else read_training_rows(source)
 
 
 def check_cutoff_fits_template(tokenizer: Any, cfg: FinetuneConfig) -> int:
@@ -155,15 +144,11 @@ def step_batches(items: Sequence[dict], cfg: FinetuneConfig, rank: int, world_si
 
 def _first_fit_decreasing(share: list[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
     bins: list[list[int]] = []
-    loads: list[int] = []
     for j in share:  # already longest first
-        fit = next((b for b, load in enumerate(loads) if load + lengths[j] <= capacity), None)
+        fit = next((b for b in bins if sum(lengths[k] for k in b) + lengths[j] <= capacity), None)
         if fit is None:
-            bins.append([])
-            loads.append(0)
-            fit = len(bins) - 1
-        bins[fit].append(j)
-        loads[fit] += lengths[j]
+            bins.append(fit := [])
+        fit.append(j)
     return bins
 
 

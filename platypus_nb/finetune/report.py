@@ -4,6 +4,7 @@ base and the fine-tuned model side by side for questions it trained on (held-in)
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from pathlib import Path
@@ -15,28 +16,21 @@ import torch
 from platypus_nb.assets import load_model, load_tokenizer
 from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import FinetuneConfig
-from platypus_nb.finetune.data import check_cutoff_fits_template, count_steps, n_targets, tokenize_rows
+from platypus_nb.finetune.data import (IGNORE_INDEX, check_cutoff_fits_template, count_steps, n_targets, tokenize_row,
+                                       tokenize_rows)
 from platypus_nb.prompts import render_prompt, response_of
-
-
-RECIPE_KEYS = ["learning_rate", "global_batch_size", "micro_batch_size", "num_epochs", "max_steps", "lr_scheduler",
-               "warmup_steps", "weight_decay", "cutoff_len", "train_on_inputs", "add_eos_token", "group_by_length",
-               "loss_weighting", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "precision",
-               "gradient_checkpointing", "packing", "save_steps", "world_size"]
 
 
 def recipe_table(cfg: FinetuneConfig) -> pd.DataFrame:
     """This run's recipe next to the paper's (the config defaults: README table + what finetune.py really did)."""
     paper = FinetuneConfig()
-    rows = [(k, getattr(cfg, k), getattr(paper, k), "" if getattr(cfg, k) == getattr(paper, k) else "changed")
-            for k in RECIPE_KEYS]
+    rows = [(f.name, getattr(cfg, f.name), getattr(paper, f.name),
+             "" if getattr(cfg, f.name) == getattr(paper, f.name) else "changed") for f in dataclasses.fields(cfg)]
     return pd.DataFrame(rows, columns=["key", "this run", "paper (13B)", ""]).set_index("key")
 
 
 def masked_view(row: dict, cfg: FinetuneConfig, base_model: str) -> pd.DataFrame:
     """One training example split into the part masked out of the loss and the part trained on."""
-    from platypus_nb.finetune.data import IGNORE_INDEX, tokenize_row
-
     tokenizer = load_tokenizer(base_model)
     example = tokenize_row(row, tokenizer, cfg)
     first_target = next(i for i, t in enumerate(example["shift_labels"]) if t != IGNORE_INDEX) + 1

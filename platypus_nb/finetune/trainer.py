@@ -16,7 +16,6 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,47 +24,22 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from platypus_nb.config import FinetuneConfig
-from platypus_nb.model_card import adapter_card, write_card
 from platypus_nb.finetune.checkpoints import CHECKPOINTS, commit, list_checkpoints
 from platypus_nb.finetune.data import (PackingCollator, count_steps, load_train_rows, plan_steps, planned_examples,
                                        step_batches, tokenize_rows)
 from platypus_nb.finetune.model import (lm_head_flops_per_target, load_lora_model, resolve_precision,
                                         training_flops_per_token)
 from platypus_nb.io import atomic_write_json
+from platypus_nb.model_card import adapter_card, write_card
 
 WORK_DIR = "trainer"  # the Trainer's output_dir: checkpoints while they are written, TensorBoard logs (runs/)
 _SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+_STEP_LOG = ("loss", "token_loss", "learning_rate", "grad_norm", "target_tokens", "tokens", "forwards_per_process",
+             "seconds", "cpu_seconds")
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient norm stopped being a finite number."""
-
-
-@dataclass
-class TrainJob:
-    """Everything a training process needs, as plain data (a JSON file for ``accelerate launch``)."""
-
-    rows_path: str
-    finetune: dict[str, Any]
-    base_model: str
-    out_dir: str
-    seed: int
-    max_steps: Optional[int] = None
-    trust_remote_code: bool = False
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-    resume_from: Optional[str] = None
-    resumed_from_steps: list[int] = field(default_factory=list)
-
-    @property
-    def cfg(self) -> FinetuneConfig:
-        return FinetuneConfig(**self.finetune)
-
-    def save(self, path: Path) -> Path:
-        return atomic_write_json(path, dataclasses.asdict(self))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainJob":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 class RecipeTrainer(Trainer):
@@ -124,7 +98,8 @@ class RecipeTrainer(Trainer):
 
 
 class StopOnNonFinite(TrainerCallback):
-    """A NaN or infinite loss or gradient norm ends the run with an error before anything more is saved."""
+    """A NaN or infinite loss or gradient norm ends the run with an error before anything more is saved (the
+    Trainer's ``logging_nan_inf_filter`` would only hide it from the log)."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Optional[dict] = None, **kwargs: Any) -> None:
         bad = [f"{k} {logs[k]}" for k in ("loss", "grad_norm")
@@ -170,20 +145,24 @@ def training_arguments(cfg: FinetuneConfig, out_dir: Path, seed: int, n_steps: i
         ddp_find_unused_parameters=False, remove_unused_columns=False, dataloader_num_workers=0)
 
 
-def run_training(job: TrainJob) -> None:
-    """Train (or resume) and write ``adapter/``, ``metrics.json`` and ``train_args.json``."""
+def run_training(job: dict[str, Any]) -> None:
+    """Train (or resume) and write ``adapter/``, ``metrics.json`` and ``train_args.json``.
+
+    ``job`` is plain data (``accelerate launch`` passes it to every process as a JSON file): ``rows_path``,
+    ``finetune`` (the section as a dict), ``base_model``, ``out_dir``, ``seed``, ``max_steps``,
+    ``trust_remote_code``, ``fingerprint``, ``resume_from`` and ``resumed_from_steps`` (see ``checkpoints``)."""
     from platypus_nb.assets import load_tokenizer
 
-    cfg, out_dir = job.cfg, Path(job.out_dir)
+    cfg, out_dir, seed = FinetuneConfig(**job["finetune"]), Path(job["out_dir"]), job["seed"]
     precision = resolve_precision(cfg, torch.cuda.is_available())
-    tokenizer = load_tokenizer(job.base_model, trust_remote_code=job.trust_remote_code)
-    rows = load_train_rows(job.rows_path)
+    tokenizer = load_tokenizer(job["base_model"], trust_remote_code=job["trust_remote_code"])
+    rows = load_train_rows(job["rows_path"])
     examples, kept = tokenize_rows(rows, tokenizer, cfg)
-    n_steps = count_steps(len(examples), cfg, job.max_steps)
-    plan = plan_steps(len(examples), n_steps, cfg.global_batch_size, job.seed)
-    args = training_arguments(cfg, out_dir, job.seed, n_steps, precision.mixed_precision)
+    n_steps = count_steps(len(examples), cfg, job["max_steps"])
+    plan = plan_steps(len(examples), n_steps, cfg.global_batch_size, seed)
+    args = training_arguments(cfg, out_dir, seed, n_steps, precision["mixed_precision"])
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # set by accelerate launch
-    model = load_lora_model(job.base_model, cfg, precision, args.device, job.seed, job.trust_remote_code, fsdp)
+    model = load_lora_model(job["base_model"], cfg, precision, args.device, seed, job["trust_remote_code"], fsdp)
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dataset = planned_examples(examples, plan, cfg.loss_weighting)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # original: pad_token_id = 0
@@ -191,73 +170,61 @@ def run_training(job: TrainJob) -> None:
         model=model, args=args, train_dataset=dataset, data_collator=PackingCollator(cfg.packing, pad_id),
         batches=step_batches(dataset, cfg, args.process_index, args.world_size),
         callbacks=[StopOnNonFinite(), CommitCheckpoints(out_dir / CHECKPOINTS, {
-            "fingerprint": job.fingerprint, "resumed_from_steps": job.resumed_from_steps}, cfg.save_total_limit)])
-    trainer.train(resume_from_checkpoint=job.resume_from)
+            "fingerprint": job["fingerprint"], "resumed_from_steps": job["resumed_from_steps"]},
+            cfg.save_total_limit)])
+    trainer.train(resume_from_checkpoint=job["resume_from"])
 
     if trainer.is_fsdp_enabled:  # the adapter as one file, not shards (PEFT's FSDP guide)
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out_dir / ".adapter.partial"))
     if trainer.is_world_process_zero():
         log = [h for h in trainer.state.log_history if "token_loss" in h]
-        metrics = _summarise(log, precision, args.world_size, len(rows) - len(kept), len(examples), lora_params,
-                             trainer.accelerator.unwrap_model(model).config, examples, plan, job.resumed_from_steps)
-        write_card(out_dir / ".adapter.partial", adapter_card(job.base_model, cfg, {
+        model_config = trainer.accelerator.unwrap_model(model).config
+        metrics = _summarise(log, examples, plan, model_config, lora_params) | {
+            "train_rows": len(examples), "rows_without_targets_dropped": len(rows) - len(kept),
+            "world_size": args.world_size, "precision": precision, "resumed_from_steps": job["resumed_from_steps"],
+            "loss_per_step": [{"step": r["step"], **{"lr" if k == "learning_rate" else k: r.get(k) for k in _STEP_LOG}}
+                              for r in log]}
+        write_card(out_dir / ".adapter.partial", adapter_card(job["base_model"], cfg, {
             "training rows": metrics["train_rows"], "optimizer steps": metrics["steps"],
             "tokens seen": metrics["tokens_seen"], "loss (first -> last step)":
-                f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", "seed": job.seed}))
+                f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", "seed": seed}))
         commit(out_dir / ".adapter.partial", out_dir / "adapter")
         atomic_write_json(out_dir / "metrics.json", metrics)
-        atomic_write_json(out_dir / "train_args.json", _train_args(job, cfg, precision, args, n_steps))
+        atomic_write_json(out_dir / "train_args.json", _train_args(job, cfg, precision, args))
     trainer.accelerator.wait_for_everyone()
 
 
-def _peak_memory_bytes() -> int:
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _summarise(log: list[dict], precision: Any, world: int, dropped: int, n_examples: int,
-               lora_params: int, model_config: Any, examples: list, plan: list,
-               resumed_from: list[int]) -> dict[str, Any]:
-    tokens = sum(r["tokens"] for r in log)
-    targets = sum(r["target_tokens"] for r in log)
+def _summarise(log: list[dict], examples: list, plan: list, model_config: Any, lora_params: int) -> dict[str, Any]:
+    """Totals of the per-step log for ``metrics.json``: speed, model FLOPs (``model.training_flops_per_token``)."""
+    tokens, targets = sum(r["tokens"] for r in log), sum(r["target_tokens"] for r in log)
     seen = [i for step in plan[:len(log)] for i in step]
     lengths = [len(examples[i]["input_ids"]) for i in seen]
     context = sum(n * n for n in lengths) / max(1, sum(lengths))
     flops = (tokens * training_flops_per_token(model_config, lora_params, context)
              + targets * lm_head_flops_per_target(model_config))
     seconds = sum(r["seconds"] for r in log)
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
     return {
         "steps": len(log), "examples_seen": len(seen), "tokens_seen": tokens, "target_tokens_seen": targets,
         "train_seconds": seconds, "tokens_per_second": tokens / seconds if seconds else None,
         "model_flops": flops, "model_flops_per_second": flops / seconds if seconds else None,
-        "peak_memory_bytes": _peak_memory_bytes(),
-        "first_loss": log[0]["loss"] if log else None, "final_loss": log[-1]["loss"] if log else None,
-        "trainable_parameters": lora_params, "train_rows": n_examples, "rows_without_targets_dropped": dropped,
-        "world_size": world, "precision": precision.as_dict(), "resumed_from_steps": resumed_from,
-        "loss_per_step": [{"step": r["step"], "loss": r["loss"], "token_loss": r["token_loss"],
-                           "lr": r["learning_rate"], "grad_norm": r.get("grad_norm"),
-                           "target_tokens": r["target_tokens"], "tokens": r["tokens"],
-                           "forwards_per_process": r["forwards_per_process"], "seconds": r["seconds"],
-                           "cpu_seconds": r["cpu_seconds"]} for r in log],
-    }
+        "peak_memory_bytes": int(peak), "first_loss": log[0]["loss"] if log else None,
+        "final_loss": log[-1]["loss"] if log else None, "trainable_parameters": lora_params}
 
 
-def _train_args(job: TrainJob, cfg: FinetuneConfig, precision: Any, args: Any, n_steps: int) -> dict[str, Any]:
+def _train_args(job: dict[str, Any], cfg: FinetuneConfig, precision: dict, args: TrainingArguments) -> dict[str, Any]:
     import accelerate
     import peft
     import transformers
 
     return {
-        "base_model": job.base_model, "train_rows": job.rows_path, "seed": job.seed, "max_steps": n_steps,
-        "world_size": args.world_size,
+        "base_model": job["base_model"], "train_rows": job["rows_path"], "seed": job["seed"],
+        "max_steps": args.max_steps, "world_size": args.world_size,
         # As the original computed it (batch_size // micro_batch_size // world_size); with packing the same
         # examples may go through fewer, longer forwards (metrics.json forwards_per_process).
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "effective_precision": precision.as_dict(),
-        "finetune": dataclasses.asdict(cfg),
-        "training_arguments": json.loads(args.to_json_string()),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "accelerate": accelerate.__version__},
+        "gradient_accumulation_steps": args.gradient_accumulation_steps, "effective_precision": precision,
+        "finetune": dataclasses.asdict(cfg), "training_arguments": json.loads(args.to_json_string()),
+        "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft, accelerate)},
     }
