@@ -152,7 +152,7 @@ def detector_agreement(pool: int) -> dict:
         firsts = {i.test_id for i in C.load_test_items(cfg.benchmarks, max_items=pool)}
         items = [i for i in items if i.test_id in named | firsts]
     texts = [C.question_text(r) for r in rows]
-    decisions, tables = {}, {}
+    decisions, tables, seconds = {}, {}, {}
     for backend in ("torch", "onnx"):
         t0 = time.perf_counter()
         pieces = C.embed_pieces(texts, items, "all-MiniLM-L6-v2", batch_size,
@@ -164,9 +164,9 @@ def detector_agreement(pool: int) -> dict:
         categories = {name: sorted(zip(f["train_index"].astype(int), f["test_id"], f["category"].astype(str)))
                       for name, f in flagged.items()}
         decisions[backend] = (removed, categories)
-        tables[backend] = table.to_dict(orient="records")
-        print(f"{backend}: {time.perf_counter() - t0:.0f} s (embedding what is not cached, then the evaluation)",
-              flush=True)
+        tables[backend] = table
+        seconds[backend] = round(time.perf_counter() - t0, 1)  # embedding what is not cached, then evaluating
+        print(f"{backend}: {seconds[backend]} s", flush=True)
     (rt, ct), (ro, co) = decisions["torch"], decisions["onnx"]
     return {"rows": len(rows), "test_items": len(items), "pool": pool or "all",
             "removed_rows": {name: {"torch": len(rt[name]), "onnx": len(ro[name]),
@@ -174,7 +174,8 @@ def detector_agreement(pool: int) -> dict:
                                     == {k: sorted(v) for k, v in ro[name].items()}} for name in rt},
             "flagged_pairs": {name: {"torch": len(ct[name]), "onnx": len(co[name]),
                                      "identical_with_categories": ct[name] == co[name]} for name in ct},
-            "score_tables_identical": tables["torch"] == tables["onnx"],
+            "score_tables_identical": tables["torch"].equals(tables["onnx"]),  # NaN-aware, unlike ==
+            "embed_and_evaluate_s": seconds,
             "load_before": load_before, "load_after": uptime()}
 
 
