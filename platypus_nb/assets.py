@@ -90,9 +90,22 @@ def convert_gguf_model(out_dir: Optional[Path] = None, verify: bool = True) -> P
             if VERIFY_ANSWER not in answer:
                 raise AssetError(f"converted model failed its check: asked {VERIFY_QUESTION!r}, "
                                  f"expected an answer containing {VERIFY_ANSWER!r}, got {answer!r}")
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        atomic_write_json(tmp / _MARKER, {"source": str(src), "source_sha256": sha256_file(src), "files": files})
+        write_model_marker(tmp, src)
     return out_dir
+
+
+def write_model_marker(folder: Path, source: Path) -> dict[str, str]:
+    """Record the sha256 of every file of a converted model folder (and of what it was made from) in its marker,
+    which ``is_valid_model_dir`` checks before reuse; returns the files' hashes."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _MARKER}
+    atomic_write_json(folder / _MARKER, {"source": str(source), "source_sha256": sha256_file(source),
+                                         "files": files})
+    return files
+
+
+def model_marker(folder: Path) -> dict[str, Any]:
+    """A converted model folder's marker: its source, the source's sha256 and each file's sha256."""
+    return json.loads((folder / _MARKER).read_text())
 
 
 def greedy_chat_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 32) -> str:

@@ -454,7 +454,7 @@ def test_a_second_run_embeds_nothing_new(tmp_path, monkeypatch):
     first = embed_texts(texts, cache=cache, show_progress=False)
     assert len(list(cache.dir.glob("*.npz"))) == 1
 
-    def no_encoder(path):
+    def no_encoder(path, backend="torch"):
         raise AssertionError("the second run loaded the encoder: something was embedded again")
 
     monkeypatch.setattr(E, "_load_encoder", no_encoder)
