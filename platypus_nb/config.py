@@ -100,6 +100,7 @@ LEADERBOARD_TEST_SETS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
 EVAL_SPLIT_TEST_SETS = ("math_test", "theoremqa_test")
 TEST_SETS = LEADERBOARD_TEST_SETS + EVAL_SPLIT_TEST_SETS
 CONTAMINATION_CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
+EMBEDDING_BACKENDS = ("torch", "onnx")
 PARTNER_DATA_NAMES = ("arc_easy", "openbookqa", "sciq", "mmlu_medical")
 # "linear" is the paper's merge; the others are peft add_weighted_adapter combination types.
 COMBINATION_METHODS = ("cat", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties", "dare_ties_svd")
@@ -135,6 +136,8 @@ class EmbeddingsConfig:
     model: Str = "all-MiniLM-L6-v2"  # the paper's, for dedup and contamination analysis
     batch_size: PositiveInt = 64
     block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
+    # "onnx": the same weights on ONNX Runtime, 1.4x per CPU-second here (benchmarks/README.md); not 2x, so opt-in.
+    backend: Literal[EMBEDDING_BACKENDS] = "torch"
 
 
 def _prm800k_needs_math(sources: list[str]) -> list[str]:

@@ -26,10 +26,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from platypus_nb.assets import AssetError, embedding_model_path, is_valid_model_dir, write_model_marker
+from platypus_nb.config import EMBEDDING_BACKENDS
 from platypus_nb.io import atomic_directory, atomic_path, file_sha256
 from platypus_nb.paths import cache_dir
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = EMBEDDING_BACKENDS
 # What each non-torch backend imports, and the pinned package that provides it (requirements.txt): onnx runs
 # the model with onnxruntime and exports / fuses it with onnx.
 BACKEND_PACKAGES = {"onnx": {"onnxruntime": "onnxruntime==1.32.0", "onnx": "onnx==1.23.2"}}

@@ -48,3 +48,12 @@ def test_missing_backend_package_fails_before_any_work_naming_the_install(tmp_pa
     assert not any(tmp_path.iterdir())  # not even the cache folder was made
     with pytest.raises(ValueError, match="unknown embedding backend 'openvino'"):
         E.check_backend("openvino")
+
+
+def test_the_backend_is_a_checked_config_key_defaulting_to_torch():
+    from platypus_nb.config import ConfigError, load_config
+
+    assert load_config("tiny").embeddings.backend == "torch"
+    assert load_config("tiny", {"embeddings.backend": "onnx"}).embeddings.backend == "onnx"
+    with pytest.raises(ConfigError, match=r"embeddings\.backend: .*'torch' or 'onnx'"):
+        load_config("tiny", {"embeddings.backend": "openvino"})

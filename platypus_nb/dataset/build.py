@@ -121,7 +121,7 @@ def remove_near_duplicates(build: DatasetBuild, cfg: Config, cache: Optional[Emb
     if build.from_release:
         return build
     texts = [question_text(r) for r in build.rows]
-    cache = cache if cache is not None else EmbeddingCache(cfg.embeddings.model)
+    cache = cache if cache is not None else EmbeddingCache(cfg.embeddings.model, backend=cfg.embeddings.backend)
     to_embed = len({t for t in texts if text_key(t) not in cache})
     started = time.perf_counter()
     embeddings = embed_texts(texts, cfg.embeddings.model, cfg.embeddings.batch_size, cache=cache,
