@@ -19,7 +19,7 @@ this module relies on; :func:`departures` lists, for a run, every way it differs
 
 Each model is loaded once (bf16/fp32, or 4-bit nf4 through bitsandbytes) and handed to lm-eval as
 ``HFLM(pretrained=<loaded model>)``; a LoRA adapter is merged into its base first, as the released Platypus2 models
-were. Results go to ``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for
+were (:func:`load_for_eval` says why not through ``HFLM``'s own loading options). Results go to ``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for
 step 06's paired comparisons) and the scores to ``<out_dir>/summary.csv``.
 """
 
@@ -378,7 +378,22 @@ def departures(ecfg: EvaluateConfig) -> pd.DataFrame:
 
 
 def load_for_eval(model: ModelToEvaluate, ecfg: EvaluateConfig):
-    """Load a model (and merge its adapter) the way the evaluation runs it; returns (model, tokenizer)."""
+    """Load a model (and merge its adapter) the way the evaluation runs it; returns (model, tokenizer).
+
+    We load the model and hand it to ``HFLM`` rather than pass ``HFLM`` a path with its own ``dtype``, ``peft`` and
+    quantisation options, because with lm-eval 0.4.13 and transformers 5 those options cannot do what this does:
+
+    - 4-bit: ``load_in_4bit=True`` in model_args reaches ``from_pretrained``, which transformers 5 no longer
+      accepts (``TypeError: ... unexpected keyword argument 'load_in_4bit'``), and ``quantization_config=`` collides
+      with the one ``HFLM`` passes itself (``TypeError: got multiple values for keyword argument``). A quantized
+      model reaches ``HFLM`` only already loaded, and ``HFLM`` applies ``peft=`` only to models it loads.
+    - ``peft=`` wraps the base in the adapter unmerged; the released Platypus2 models are base + LoRA merged, and an
+      unmerged adapter costs extra matrix products on every forward pass.
+    - The same loaded model also serves the held-out loss (``platypus_nb.heldout_loss``), outside ``HFLM``.
+
+    ``dtype`` and the device are then plain ``from_pretrained`` arguments, as ``HFLM`` would pass them; merged
+    models from step 04 are ordinary model folders. ``trust_remote_code`` stays off (``assets.load_model``).
+    """
     import torch
     from transformers import BitsAndBytesConfig
 

@@ -10,16 +10,20 @@ aggregation stay lm-eval's:
 1. requests are grouped by their context tokens; contexts are sorted, so contexts sharing a prefix are adjacent, and
    split into runs sharing at least :data:`MIN_SHARED_PREFIX` tokens (:func:`prefix_groups`);
 2. each run's shared prefix is run once;
-3. the contexts' remaining tokens are run on top of it, ``batch_size`` contexts per forward pass, once for all their
-   continuations;
-4. the continuations (minus their last token) are run on top of their contexts' caches, ``batch_size`` per pass.
+3. on top of its cache, ``batch_size`` contexts go through the model in one pass, each as one row holding the
+   context's remaining tokens followed by all its continuations (each but its last token), with a 4-D attention mask
+   that keeps the continuations from seeing one another (:meth:`PrefixCachingHFLM._score_rows`). The rows of a run
+   are sorted by length first, so little of a pass is padding;
+4. logits are computed only where a continuation token is predicted, not over the contexts.
 
-On a CPU a forward pass of a small model costs about the same for 20 tokens as for 200 (reading the weights
-dominates), so batching across questions matters as much as running fewer tokens.
+On a CPU the number of forward passes matters as much as the number of tokens (each pass reads every weight and
+runs some hundred small operations per layer), hence one pass per batch of contexts with all their answers, and a
+shared prefix is cached only when it spares enough tokens to pay for its own pass (:data:`MIN_TOKENS_SPARED`).
 
 The log-probabilities are those of the same token sequences through the same causal model, so they equal plain
 ``HFLM``'s up to float rounding (tested within 1e-4 on real SmolLM2 requests of every task). Anything this path does
-not cover (an encoder-decoder model, a request longer than the model's window) goes to ``HFLM``'s own code.
+not cover (an encoder-decoder model, a request longer than the model's window or its sliding attention window, an
+attention implementation that takes no 4-D mask) goes to ``HFLM``'s own code.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ MIN_SHARED_PREFIX = 16
 # A cached prefix costs a forward pass of its own; it pays when it spares more tokens than that. Measured on 2 CPU
 # cores (benchmarks/README.md): an MMLU subject's 1-shot prefix (~80 tokens) shared by 4 questions (240 tokens
 # spared) was slower than batching the 4 contexts whole; TruthfulQA's primer (~170 tokens) pays from 3 questions.
+# (Measured with this scorer's earlier version, which ran the answers in passes of their own; not re-measured.)
 MIN_TOKENS_SPARED = 256
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -54,27 +59,38 @@ class PrefixCachingHFLM(HFLM):
 
     def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False,
                               override_bs: Optional[int] = None) -> list[tuple[float, bool]]:
-        too_long = any(len(ctx) + len(cont) > self.max_length + 1 or not cont for _, ctx, cont in requests)
-        if self.backend != "causal" or too_long:
+        if not self._packable(requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (_, ctx, _) in enumerate(requests):
             by_context[tuple(ctx)].append(i)
         batch = int(override_bs or self.batch_size) if str(self.batch_size) != "auto" else 8
         results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
-        with torch.no_grad():
+        with torch.inference_mode():
             for shared, contexts in prefix_groups(sorted(by_context)):
                 prefix = self._prefix_cache(contexts[0][:shared]) if shared else []
+                # Rows of like length share a pass: less padding (the prefix is common to the whole group anyway).
+                contexts.sort(key=lambda c: (row_length(c, shared, [requests[i][2] for i in by_context[c]]), c))
                 for start in range(0, len(contexts), batch):
                     chunk = contexts[start:start + batch]
-                    rows = [(b, i) for b, ctx in enumerate(chunk) for i in by_context[ctx]]
-                    answers = self._score_chunk(prefix, shared, chunk, [requests[i][2] for _, i in rows],
-                                                [b for b, _ in rows], batch)
-                    for (_, i), answer in zip(rows, answers):
+                    owners = [by_context[ctx] for ctx in chunk]
+                    answers = self._score_rows(prefix, shared, chunk, [[requests[i][2] for i in o] for o in owners])
+                    for i, answer in zip((i for o in owners for i in o), answers):
                         results[i] = answer
                         if requests[i][0] is not None:
                             self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
         return results  # type: ignore[return-value]
+
+    def _packable(self, requests: list[tuple[Any, list[int], list[int]]]) -> bool:
+        """Whether :meth:`_score_rows` gives ``HFLM``'s numbers: a decoder-only model whose attention takes a
+        custom 4-D mask (sdpa, eager), no request truncated by ``HFLM`` (longer than the model's window) and none
+        longer than a sliding attention window (the packed mask would replace it)."""
+        config = self.model.config
+        longest = max((len(ctx) + len(cont) for _, ctx, cont in requests), default=0)
+        window = getattr(config, "sliding_window", None)
+        return (self.backend == "causal" and bool(requests) and all(cont for _, _, cont in requests)
+                and longest <= self.max_length + 1 and (window is None or longest <= window)
+                and getattr(config, "_attn_implementation", "eager") in ("sdpa", "eager"))
 
     def _prefix_cache(self, tokens: tuple[int, ...]) -> KV:
         """The key/value cache of one shared prefix (its logits are not needed: one position kept)."""
@@ -84,54 +100,82 @@ class PrefixCachingHFLM(HFLM):
         out = self.model(input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
         return [(layer.keys, layer.values) for layer in out.cache.layers]
 
-    def _score_chunk(self, prefix: KV, shared: int, contexts: list[tuple[int, ...]], continuations: list[list[int]],
-                     owners: list[int], batch: int) -> list[tuple[float, bool]]:
-        """Contexts (after their shared prefix) as one right-padded batch, then their continuations in batches.
+    def _score_rows(self, prefix: KV, shared: int, contexts: list[tuple[int, ...]],
+                    continuations: list[list[list[int]]]) -> list[tuple[float, bool]]:
+        """One forward pass over the prefix's cache for several contexts and all their continuations.
 
-        Right padding needs no mask in the context pass (a causal model's real positions never attend to the pads
-        after them); the continuation pass masks each row's context pads and gives the true positions.
+        Row ``b`` holds context ``b``'s tokens after the shared prefix, then each of its continuations but the last
+        token, one after the other, left-padded to the chunk's longest row. A 4-D mask lets every token see the
+        prefix, its own context up to itself and, within a continuation, that continuation's earlier tokens; the
+        position ids are those each token has in its own request. So every token sees exactly what it sees in
+        ``HFLM``'s pass over context + continuation, and the context is run once for all its continuations.
+        Logits are computed for the rows' last positions only (the context's last token and the continuations),
+        which left padding puts in the same columns.
         """
         from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        rests = [ctx[shared:] for ctx in contexts]
-        width = max(len(r) for r in rests)
-        ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rests], dtype=torch.long, device=self.device)
-        past = [(k.expand(len(rests), -1, -1, -1), v.expand(len(rests), -1, -1, -1)) for k, v in prefix]
-        # Only each row's last context position predicts an answer token: keep those logits alone (the vocabulary
-        # projection of every other position is most of a small model's cost).
-        keep = sorted({len(r) - 1 for r in rests})
-        out = self.model(input_ids=ids, cache=DynamicCache(ddp_cache_data=past) if past else DynamicCache(),
-                         use_cache=True, logits_to_keep=torch.tensor(keep, device=self.device))
-        last = torch.stack([out.logits[b, keep.index(len(r) - 1)] for b, r in enumerate(rests)])
-        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        answers: list[tuple[float, bool]] = []
-        for start in range(0, len(continuations), batch):
-            conts, rows = continuations[start:start + batch], owners[start:start + batch]
-            logits = last[rows][:, None, :]
-            longest = max(len(c) for c in conts)
-            if longest > 1:
-                index = torch.tensor(rows, device=self.device)
-                cont_ids = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for c in conts], dtype=torch.long,
-                                        device=self.device)
-                mask = torch.zeros(len(conts), shared + width + longest - 1, dtype=torch.long, device=self.device)
-                for j, b in enumerate(rows):
-                    mask[j, : shared + len(rests[b])] = 1
-                mask[:, shared + width:] = 1
-                starts = torch.tensor([shared + len(rests[b]) for b in rows], device=self.device)
-                positions = starts[:, None] + torch.arange(longest - 1, device=self.device)[None, :]
-                cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
-                                                     for k, v in kv])
-                more = self.model(input_ids=cont_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                  use_cache=True).logits
-                logits = torch.cat([logits, more], dim=1)
-            logprobs = F.log_softmax(logits.to(self.softmax_dtype or logits.dtype), dim=-1)
-            for j, cont in enumerate(conts):
-                target = torch.tensor(cont, dtype=torch.long, device=self.device)
-                rows_lp = logprobs[j, : len(cont)]
-                answers.append((float(rows_lp.gather(-1, target[:, None]).sum()),
-                                bool((rows_lp.argmax(dim=-1) == target).all())))
-        return answers
+        rows, segments, positions = [], [], []
+        for ctx, conts in zip(contexts, continuations):
+            tokens, segment, position = list(ctx[shared:]), [0] * (len(ctx) - shared), list(range(shared, len(ctx)))
+            for j, cont in enumerate(conts, start=1):
+                tokens += cont[:-1]
+                segment += [j] * (len(cont) - 1)
+                position += range(len(ctx), len(ctx) + len(cont) - 1)
+            rows.append(tokens)
+            segments.append(segment)
+            positions.append(position)
+        width = max(len(r) for r in rows)
+        lefts = [width - len(r) for r in rows]
+        dev = self.device
+        ids = torch.tensor([[pad] * n + r for n, r in zip(lefts, rows)], dtype=torch.long, device=dev)
+        pos = torch.tensor([[0] * n + p for n, p in zip(lefts, positions)], dtype=torch.long, device=dev)
+        # Padding is segment -1: a pad sees only the pads before it (no row is fully masked), and no real token
+        # sees a pad.
+        seg = torch.tensor([[-1] * n + s for n, s in zip(lefts, segments)], dtype=torch.long, device=dev)
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        allowed = causal & ((seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == 0))
+        allowed = torch.cat([allowed.new_ones(len(rows), width, shared), allowed], dim=2)
+        if self.model.config._attn_implementation == "sdpa":
+            mask = allowed  # sdpa takes a boolean mask (True: attend), as transformers' own masks are
+        else:  # eager attention adds its mask to the scores
+            mask = torch.zeros(allowed.shape, device=dev).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        # Positions whose logits are needed: each row's last context token and its continuation tokens.
+        needed = [1 + sum(len(c) - 1 for c in conts) for conts in continuations]
+        keep = max(needed)
+        past = [(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1)) for k, v in prefix]
+        logits = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=pos,
+                            cache=DynamicCache(ddp_cache_data=past) if past else DynamicCache(), use_cache=True,
+                            logits_to_keep=keep).logits
+        # Unique (row, column) of the needed logits, then for every continuation token the one that predicts it.
+        row_of, col_of = [], []
+        for b, n in enumerate(needed):
+            row_of += [b] * n
+            col_of += range(keep - n, keep)
+        logprobs = F.log_softmax(logits[row_of, col_of].to(self.softmax_dtype or logits.dtype), dim=-1)
+        greedy = logprobs.argmax(dim=-1)
+        which, targets, lengths = [], [], []
+        base = 0
+        for n, conts in zip(needed, continuations):
+            first = base  # the context's last token predicts every continuation's first token
+            offset = base + 1
+            for cont in conts:
+                which += [first, *range(offset, offset + len(cont) - 1)]
+                targets += cont
+                lengths.append(len(cont))
+                offset += len(cont) - 1
+            base += n
+        which_t = torch.tensor(which, dtype=torch.long, device=dev)
+        target_t = torch.tensor(targets, dtype=torch.long, device=dev)
+        token_lp = logprobs[which_t, target_t].split(lengths)
+        token_hit = (greedy[which_t] == target_t).split(lengths)
+        return [(float(lp.sum()), bool(hit.all())) for lp, hit in zip(token_lp, token_hit)]
+
+
+def row_length(context: tuple[int, ...], shared: int, continuations: list[list[int]]) -> int:
+    """Tokens of a context's packed row (:meth:`PrefixCachingHFLM._score_rows`): after the prefix, plus each
+    continuation but its last token."""
+    return len(context) - shared + sum(len(c) - 1 for c in continuations)
 
 
 def prefix_groups(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:

@@ -272,6 +272,21 @@ def test_a_4bit_model_is_loaded_and_scored(tmp_path, tiny_llama_dir):
     assert (tmp_path / "tiny-nf4.json").is_file()
 
 
+def test_hflm_cannot_load_a_4bit_model_itself(tiny_llama_dir):
+    """Why load_for_eval quantizes and HFLM gets the loaded model: HFLM's own 4-bit options fail on this stack.
+
+    If a new lm-eval or transformers makes either work, this fails and load_for_eval can hand HFLM a path instead.
+    """
+    from lm_eval.models.huggingface import HFLM
+    from transformers import BitsAndBytesConfig
+
+    with pytest.raises(TypeError, match="load_in_4bit"):
+        HFLM(pretrained=str(tiny_llama_dir), device="cpu", load_in_4bit=True)
+    with pytest.raises(TypeError, match="quantization_config"):
+        HFLM(pretrained=str(tiny_llama_dir), device="cpu",
+             quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+
+
 def test_every_model_sees_the_same_prompts(tmp_path, tiny_llama_dir):
     """Tasks are built once per run and re-seeded per call: the same weights under two names score identically."""
     ecfg = tiny_eval_config(tasks=["truthfulqa_mc2"])

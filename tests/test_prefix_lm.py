@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import pytest
 from lm_eval.models.huggingface import HFLM
 
 from platypus_nb import evaluate as ev
 from platypus_nb.config import load_config
-from platypus_nb.prefix_lm import PrefixCachingHFLM, common_prefix_length, prefix_groups
+from platypus_nb.prefix_lm import PrefixCachingHFLM, common_prefix_length, prefix_groups, row_length
 
 
 def test_common_prefix_length():
@@ -48,7 +50,7 @@ def test_every_loglikelihood_equals_plain_hflm(scorers):
 
 
 def test_shared_prefixes_go_through_the_model_once(scorers):
-    """TruthfulQA: the primer once for the 3 questions, each question's context once for all its answers."""
+    """TruthfulQA: the primer once for the 3 questions, then each question's context once with all its answers."""
     plain, fast, model, requests = scorers
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"].numel()),
@@ -57,13 +59,16 @@ def test_shared_prefixes_go_through_the_model_once(scorers):
         fast.loglikelihood(requests["truthfulqa_mc2"])
     finally:
         hook.remove()
-    contexts = {tuple(fast.tok_encode(r.args[0])) for r in requests["truthfulqa_mc2"]}
-    assert len(contexts) == 3
-    shared = min(common_prefix_length(a, b) for a in contexts for b in contexts if a != b)
-    plain_tokens = sum(len(fast.tok_encode(r.args[0] + r.args[1])) for r in requests["truthfulqa_mc2"])
-    # the shared prefix once, the contexts' remainders in one padded batch, then the answers in batches.
-    assert seen[0] == shared > 150 and seen[1] == 3 * (max(len(c) for c in contexts) - shared)
-    assert sum(seen) < plain_tokens / 3
+    answers = defaultdict(list)
+    for r in requests["truthfulqa_mc2"]:
+        context, continuation = fast._encode_pair(*r.args)
+        answers[tuple(context)].append(continuation)
+    assert len(answers) == 3
+    shared = min(common_prefix_length(a, b) for a in answers for b in answers if a != b)
+    plain_tokens = sum(len(c) + len(a) for c, conts in answers.items() for a in conts)
+    # The shared prefix once, then one pass of 3 left-padded rows: each context's remainder and its answers.
+    assert seen == [shared, 3 * max(row_length(c, shared, conts) for c, conts in answers.items())]
+    assert shared > 150 and sum(seen) < plain_tokens / 3
 
 
 def test_prefix_groups_keep_runs_sharing_enough_tokens():
@@ -74,3 +79,16 @@ def test_prefix_groups_keep_runs_sharing_enough_tokens():
     assert prefix_groups([long, long + (5,)]) == [(299, [long, long + (5,)])]
     # 100 shared tokens over 2 contexts spare too few to pay for a pass of their own: batched whole instead.
     assert prefix_groups([long[:100] + (1,), long[:100] + (2,)]) == [(0, [long[:100] + (1,), long[:100] + (2,)])]
+
+
+def test_eager_attention_gets_the_same_numbers(scorers, tiny_llama_dir):
+    """Eager attention adds its mask to the scores (sdpa takes it as booleans): both masks must give HFLM's numbers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    reqs = scorers[3]["truthfulqa_mc2"] + scorers[3]["hellaswag"]
+    kwargs = {"pretrained": model, "tokenizer": tokenizer, "batch_size": 8, "add_bos_token": False}
+    expected, got = HFLM(**kwargs).loglikelihood(reqs), PrefixCachingHFLM(**kwargs).loglikelihood(reqs)
+    assert [g for _, g in got] == [g for _, g in expected]
+    assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in expected], abs=1e-4)
