@@ -58,8 +58,8 @@ SHORT_ANSWER_WORDS = 12
 def answer_agreement(output: str, item: TestItem) -> str:
     """``"same"`` if the training output contains the correct answer, ``"different"`` if it contains a wrong
     option and not the correct one, ``"other"`` if it is a short answer (``SHORT_ANSWER_WORDS``) of a
-    multiple-choice item that names none of its options and uses under half of the correct one's content words,
-    else ``"unknown"``
+    multiple-choice item that names none of its options and uses under half of the correct one's content words
+    that are not the question's, else ``"unknown"``
     (no answer known, an explanation that names no option, or no output).
 
     "other" is weaker evidence than "different": a synonymous answer ("skin" for "epidermis", the paper's gray area)
@@ -76,8 +76,10 @@ def answer_agreement(output: str, item: TestItem) -> str:
     n_out = len(out.split())
     longest = max((len(o.split()) for o in options), default=0)
     if options and out and n_out <= max(SHORT_ANSWER_WORDS, longest):
-        key = content_words(item.answer)
-        if len(key & content_words(output)) < 0.5 * len(key):
+        # the correct answer's own words: those that repeat the question ("Barack Obama was born in the U.S." for
+        # "Where was Barack Obama born?") do not tell one answer from another
+        key = content_words(item.answer) - content_words(item.text)
+        if key and len(key & content_words(output)) < 0.5 * len(key):
             return "other"
     return "unknown"
 
