@@ -14,7 +14,12 @@ and threshold were chosen; heldout: not looked at while choosing), per benchmark
 F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with SmolLM2-135M as a
 judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
 
-    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--judge N]
+``--check`` also scores the hand-written check set (data/contamination_detector_check.jsonl: 40 rewordings and 40
+same-topic questions written by hand, never used to choose a rule); ``--pool-lexical K`` compares with the rows' own
+test items and each row's K nearest items by shared content words instead of all 26k (for a machine too busy to
+embed them; the result records the pool).
+
+    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--check] [--pool-lexical K] [--judge N]
 """
 
 from __future__ import annotations
@@ -91,8 +96,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.build:
         build()
     rows = read_jsonl(EVAL_FILE)
+    check_rows = D.load_check_rows() if args.check else []
     items = C.load_test_items(cfg.benchmarks)
-    if args.pool:
+    if args.pool_lexical >= 0:
+        # the rows' own items and each row's nearest items by shared content words (D.lexical_pool)
+        items = D.lexical_pool(rows + check_rows, items, args.pool_lexical)
+    elif args.pool:
         # the first N items of each set plus every item the rows name: a smaller haystack, for a quick look
         named = {r["test_id"] for r in rows}
         firsts = {i.test_id for i in C.load_test_items(cfg.benchmarks, max_items=args.pool)}
@@ -117,7 +126,9 @@ def run(args: argparse.Namespace) -> dict:
     t_on = time.perf_counter() - t0
     recalled = C.recall_candidates(pieces, cfg.recall_top_k, cfg.recall_floor)
     verified = len(pd.concat([semantic, lexical, recalled])[["train_index", "test_index"]].drop_duplicates())
-    result = {"rows": len(rows), "pool": args.pool or "all", "positives": sum(r["label"] for r in rows), "test_items": len(items),
+    pool = (f"the rows' own items + lexical top {args.pool_lexical}" if args.pool_lexical >= 0
+            else args.pool or "all")
+    result = {"rows": len(rows), "pool": pool, "positives": sum(r["label"] for r in rows), "test_items": len(items),
               "config": {k: getattr(cfg, k) for k in ("threshold", "recall_top_k", "recall_floor",
                                                        "verifier_threshold")},
               "scores": table.to_dict(orient="records"),
@@ -126,6 +137,12 @@ def run(args: argparse.Namespace) -> dict:
                          "pairs_verified": verified,
                          "verifier_ms_per_pair": round(1000 * (t_on - t_off) / max(1, verified), 3),
                          "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+    if args.check:
+        # the hand-written check set, scored once the rules were fixed (data/README.md)
+        check_pieces = C.embed_pieces([C.question_text(r) for r in check_rows], items, "all-MiniLM-L6-v2", 16, cache,
+                                      show_progress=False)
+        check_table, _ = D.evaluate(check_rows, items, check_pieces, cfg, off)
+        result["check_scores"] = check_table.to_dict(orient="records")
     if args.sweep or args.judge:
         low = load_config("tiny", {"contamination.review_file": None,
                                    "contamination.verifier_threshold": 1e-3}).contamination
@@ -163,9 +180,9 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, key: str = "scores") -> str:
     """The score table: one line per group, the three detectors side by side."""
-    table = pd.DataFrame.from_records(result["scores"])
+    table = pd.DataFrame.from_records(result[key])
     lines = ["| rows | positives / negatives | paper P / R / F1 | step 02 before P / R / F1 | "
              "step 02 + verifier P / R / F1 | negatives removed: before / verifier |", "|---|---|---|---|---|---|"]
     for group, g in table.groupby("group", sort=False):
@@ -191,9 +208,15 @@ if __name__ == "__main__":
     parser.add_argument("--sweep", action="store_true", help="F1 on dev over a range of verifier thresholds")
     parser.add_argument("--pool", type=int, default=0, help="compare with the first N items per set plus the "
                                                                 "rows' own items only (default: every item)")
+    parser.add_argument("--pool-lexical", type=int, default=-1, help="compare with the rows' own items plus each "
+                                                                        "row's K nearest items by shared content "
+                                                                        "words only (default: every item)")
+    parser.add_argument("--check", action="store_true", help="also score the hand-written check set")
     parser.add_argument("--judge", type=int, default=0, help="also score N candidate pairs with SmolLM2 as a judge")
     result = run(parser.parse_args())
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
+    if "check_scores" in result:
+        print("\nHand-written check set:\n" + markdown(result, "check_scores"))
     print(json.dumps(result["timing"], indent=1))

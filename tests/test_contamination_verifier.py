@@ -16,11 +16,14 @@ HISTORY = "mmlu:high_school_us_history:178"
 MISSED_BEFORE = ["passage_stripped:mmlu:high_school_european_history:64", "passage_stripped:mmlu:professional_medicine:88",
                  "passage_stripped:mmlu:professional_law:810", "passage_stripped:mmlu:high_school_world_history:7",
                  "options_dropped:arc_challenge:Mercury_SC_401142", "options_dropped:mmlu:high_school_statistics:201"]
-PINNED_POSITIVES = MISSED_BEFORE + ["voice_changed:truthfulqa:88", "voice_changed:arc_challenge:LEAP_2007_8_10417"]
+# a short question with its own options appended: a copy (rule 2), not a phrase quoted in another row
+PINNED_POSITIVES = MISSED_BEFORE + ["voice_changed:truthfulqa:88", "voice_changed:arc_challenge:LEAP_2007_8_10417",
+                                    "options_appended:mmlu:high_school_geography:77"]
 # the first four were removed before the verifier: the same passage with another question, another country
+# (the last: the same passage and a near-identical stem, another answer that is none of the test item's options)
 REMOVED_BEFORE = ["same_subject:mmlu_validation:high_school_world_history:654",
                   "same_subject:mmlu_validation:high_school_world_history:659", "other_entity:truthfulqa:680",
-                  "other_entity:truthfulqa:734"]
+                  "other_entity:truthfulqa:734", "same_subject:mmlu_validation:high_school_world_history:641"]
 PINNED_NEGATIVES = REMOVED_BEFORE + ["same_subject:mmlu_validation:professional_law:1288",
                                      "arc_validation:Mercury_7245893", "other_numbers:mmlu:high_school_mathematics:64"]
 
@@ -114,3 +117,87 @@ def test_without_the_verifier_the_rewordings_are_missed(pinned):
 def test_bad_verifier_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", overrides)
+
+
+# ----------------------------------------------------------------------------- answer-, number- and ask-aware evidence
+
+BIOLOGY = "mmlu:high_school_biology:154"  # "Which of the following statements about ... are incorrect?" (10 words)
+PHYSICS = "mmlu:college_physics:76"  # a box of 10 kg at 1 m/s pushed over 5 m to 2 m/s; answer 3 N
+ORDER = "mmlu:abstract_algebra:14"  # "Find the maximum possible order for an element of S_n for n = 10."
+
+
+def _lettered(item: C.TestItem) -> str:
+    return "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(item.choices))
+
+
+def test_a_short_question_with_its_own_options_appended_is_a_copy_not_a_quoted_phrase():
+    from platypus_nb.contamination.categories import item_coverage
+
+    item = _mmlu(BIOLOGY)
+    # the question alone is a fifth of the row: without its options it would look like a phrase quoted in a
+    # different row (rule 2's exception); with them the item explains the whole row
+    assert len(item.text.split()) / len((item.text + " " + _lettered(item)).split()) < 0.5
+    assert item_coverage(item.text + "\n" + _lettered(item), item) > 0.9  # all but the letters A-D
+    quoted = "A student writes: " + item.text + " Then she answers a different quiz about the cell cycle and mitosis."
+    assert item_coverage(quoted, item) < 0.5
+
+
+def test_the_opposite_ask_is_another_question():
+    from platypus_nb.contamination.verifier import asks_differ
+
+    item = _mmlu(BIOLOGY)
+    assert asks_differ("Which statements about post-transcriptional modification are correct?", item.text)
+    assert not asks_differ("Which claims on posttranscriptional modification are wrong?\n" + _lettered(item),
+                           item.text)
+    assert not asks_differ("Identify the untrue statements about post-transcriptional modification.", item.text)
+
+
+def test_the_same_template_with_other_numbers_and_a_stem_without_its_numbers():
+    from platypus_nb.contamination.verifier import other_numbers
+
+    item = _mmlu(PHYSICS)
+    other = item.text.replace("10 kg", "12 kg")
+    assert other_numbers(other, item)
+    # the question asked without the numbers, or with the item's own options (which hold numbers), has none new
+    assert not other_numbers("Which of the following gives the magnitude of the applied force?", item)
+    assert not other_numbers(item.text + "\n" + _lettered(item), item)
+
+
+def test_another_short_answer_and_other_options_count_against_the_same_question():
+    from platypus_nb.contamination.categories import answer_agreement
+    from platypus_nb.contamination.verifier import evidence_score, other_options
+
+    item = _mmlu(ORDER)
+    assert answer_agreement("30", item) == "same"
+    assert answer_agreement("12", item) == "different"  # a wrong option
+    assert answer_agreement("42", item) == "other"  # a short answer that is no option
+    assert answer_agreement("The answer is found by listing the cycle types of every partition of the number "
+                            "of elements and taking the largest least common multiple among them.", item) == "unknown"
+    assert other_options(item.text + "\nA. 7\nB. 9\nC. 11\nD. 13", item)
+    assert not other_options(item.text + "\n" + _lettered(item), item) and not other_options(item.text, item)
+    same = evidence_score(0.9, 0.9, 0.0, "same")
+    assert evidence_score(0.9, 0.9, 0.0, "other") < evidence_score(0.9, 0.9, 0.0, "unknown") < same
+    assert evidence_score(0.9, 0.9, 0.0, "unknown", other_options=True) < evidence_score(0.9, 0.9, 0.0, "unknown")
+
+
+def test_the_check_set_is_apart_from_the_evaluation_set():
+    """The hand-written check set is an out-of-sample check only if it rewords other test items than the evaluation
+    set does, and it holds as many positives as negatives, each naming a real test item."""
+    from platypus_nb.contamination.detector_eval import load_check_rows
+
+    check = load_check_rows()
+    known = {i.test_id for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") for i in C.load_test_set(name)}
+    assert sum(r["label"] for r in check) == 40 and len(check) == 80
+    assert {r["test_id"] for r in check} <= known
+    assert not {r["test_id"] for r in check} & {r["test_id"] for r in load_eval_rows()}
+
+
+def test_the_lexical_pool_holds_the_rows_items_and_their_nearest_by_shared_words():
+    from platypus_nb.contamination.detector_eval import lexical_pool
+
+    arc = C.load_test_set("arc_challenge")
+    row = {"instruction": "Which is considered a renewable resource?", "input": "", "output": "trees",
+           "test_id": arc[0].test_id}
+    assert [i.test_id for i in lexical_pool([row], arc, 0)] == [arc[0].test_id]
+    nearest = {i.test_id for i in lexical_pool([row], arc, 1)} - {arc[0].test_id}
+    assert nearest == {"arc_challenge:Mercury_SC_401792"}  # "Which is a renewable resource?"

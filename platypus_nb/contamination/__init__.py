@@ -11,15 +11,18 @@ The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 4. :func:`flag_pairs` (stage one's candidates join the pairs, the verifier's evidence -> suggested category ->
    review override -> removal decision; docs/contamination.md);
 5. :func:`split_rows`, :func:`summarize`, :func:`write_outputs` (which also sets :func:`heldout_split`'s held-out rows
-   apart from the training file), and the figures in :mod:`.plots`.
+   apart from the training file and writes the clean file's card), and the figures in :mod:`.plots`;
+6. :func:`rephrase_rates` and :func:`subject_rates` (MATH against MMLU's mathematics subjects) over the outputs.
 """
 
 from platypus_nb.contamination.analysis import (FLAGGED_COLUMNS, flag_pairs, heldout_split, nearest_training_rows,
-                                                original_rule_removals, rephrase_rates, semantic_pairs, split_rows,
+                                                original_rule_removals, semantic_pairs, split_rows,
                                                 summarize, write_outputs)
 from platypus_nb.contamination.categories import (answer_agreement, load_review, suggest_category,
                                                   unknown_review_items)
 from platypus_nb.contamination.lexical import lexical_pairs
+from platypus_nb.contamination.report import (MMLU_MATH_SUBJECTS, dataset_card, math_sources, rephrase_rates,
+                                              rows_per_source, source_counts, subject_rates)
 from platypus_nb.contamination.segments import chunks, question_stem, window_cut
 from platypus_nb.contamination.verifier import (Pieces, embed_pieces, recall_candidates, test_pieces,
                                                 training_pieces)
@@ -32,4 +35,5 @@ __all__ = ["FLAGGED_COLUMNS", "Pieces", "TestItem", "chunks", "embed_pieces", "q
            "load_review", "load_eval_set", "load_test_items", "load_test_set",
            "nearest_training_rows", "original_rule_removals", "rephrase_rates", "semantic_pairs", "split_rows",
            "suggest_category", "summarize", "question_text", "training_text_hash", "unknown_review_items",
-           "window_cut", "write_outputs"]
+           "window_cut", "write_outputs", "MMLU_MATH_SUBJECTS", "dataset_card", "math_sources", "rows_per_source",
+           "source_counts", "subject_rates"]

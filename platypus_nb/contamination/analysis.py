@@ -18,16 +18,17 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
-from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, numbers_differ,
-                                                  suggest_category, unknown_review_items)
+from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, item_coverage,
+                                                  numbers_differ, suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
+from platypus_nb.contamination.report import dataset_card
 from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
 from platypus_nb.contracts import question_text
-from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, recall_candidates,
-                                                segment_similarity, verify)
+from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, other_numbers,
+                                                recall_candidates, segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
-from platypus_nb.io import atomic_path, atomic_write_json, write_jsonl
+from platypus_nb.io import atomic_path, atomic_write_json, atomic_write_text, write_jsonl
 
 FLAGGED_COLUMNS = ["train_index", "benchmark", "test_id", "similarity", "method", "category", "train_text",
                    "test_text", "ngram_overlap", "answer_agreement", "numbers_differ", "suggested_category",
@@ -95,8 +96,9 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         agreement = answer_agreement(row["output"], item)
         differ = numbers_differ(text, item.text)
         if verifying:
-            # a row asking the stem alone lacks the passage's numbers, not the question's
-            differ = differ and numbers_differ(text, question_stem(item.text))
+            # a row asking the stem alone lacks the passage's numbers, not the question's: a missing number of the
+            # passage counts when the row has other numbers in their place
+            differ = differ and (numbers_differ(text, question_stem(item.text)) or other_numbers(text, item))
             overlap, options, score, same, question_differs = verify(text, item, p.segment_similarity, agreement,
                                                                      cfg.verifier_threshold, common)
             # another place or person, or another question on the same passage: shared n-grams are no evidence
@@ -106,7 +108,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         if p.method == "segment" and not same:
             continue
         suggested = suggest_category(method=p.method, similarity=p.similarity, ngram_overlap=p.ngram_overlap,
-                                     exact=p.exact, coverage=p.coverage if p.exact else 1.0,
+                                     exact=p.exact, coverage=item_coverage(text, item) if p.exact else 1.0,
                                      short_text=len(words(item.text)) < cfg.ngram_n, agreement=agreement,
                                      numbers_differ=differ, cfg=cfg, verifier_same=same)
         records.append(_record(p.train_index, row, item.test_set, item.test_id, item.text, p.similarity, p.method,
@@ -212,27 +214,6 @@ def summarize(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], flagged
     return summary
 
 
-def rephrase_rates(rows: Sequence[dict[str, Any]], flagged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per data_source, the training rows that rephrase a benchmark test item: a pair the verifier called the same
-    question with no verbatim or 13-gram evidence (what lexical decontamination cannot see); and those pairs.
-
-    Returns (rates: ``rows, rephrasing_rows, rate`` per source and test set; examples: the pairs, most similar
-    first)."""
-    pairs = flagged[(flagged["verifier_same"].astype(str) == "True") & flagged["method"].isin(["embedding", "segment"])
-                    & (flagged["category"] != "similar_but_different") & (flagged["benchmark"] != "eval_split_source")]
-    sources = pd.Series([data_source_of(r) for r in rows]).value_counts().rename("rows")
-    found = pairs.groupby(["data_source", "benchmark"])["train_index"].nunique().unstack(fill_value=0)
-    rates = found.reindex(sources.index, fill_value=0)
-    rates.insert(0, "rows", sources)
-    rates["rephrasing_rows"] = pairs.groupby("data_source")["train_index"].nunique().reindex(sources.index,
-                                                                                            fill_value=0)
-    rates["rate"] = rates["rephrasing_rows"] / rates["rows"]
-    examples = pairs.sort_values("segment_similarity", ascending=False)[
-        ["data_source", "benchmark", "test_id", "segment_similarity", "verifier_score", "category", "train_text",
-         "test_text"]].reset_index(drop=True)
-    return rates, examples
-
-
 def review_todo(flagged: pd.DataFrame) -> pd.DataFrame:
     """Unreviewed pairs in the review file's format, category prefilled with the suggestion, for a reviewer to copy
     (after checking) into the review file."""
@@ -263,7 +244,8 @@ def heldout_split(rows: Sequence[dict[str, Any]], n: int,
 
 def write_outputs(out_dir: str | Path, clean_rows: Sequence[dict[str, Any]], flagged: pd.DataFrame,
                   summary: dict[str, Any], heldout_rows: int = 0, seed: int = 0) -> dict[str, Path]:
-    """clean.jsonl (the training file), heldout.jsonl, flagged.csv, summary.json and review_todo.csv, atomically.
+    """clean.jsonl (the training file), heldout.jsonl, flagged.csv, summary.json, review_todo.csv and README.md (the
+    clean file's card: rows removed, rephrased test items per source, :func:`.report.dataset_card`), atomically.
 
     ``heldout_rows`` of the rows that survive decontamination go to heldout.jsonl instead of clean.jsonl
     (:func:`heldout_split`, seeded with ``seed``): the split is made here, by the one writer of the training file,
@@ -271,12 +253,15 @@ def write_outputs(out_dir: str | Path, clean_rows: Sequence[dict[str, Any]], fla
     """
     out_dir = Path(out_dir)
     paths = {"clean": out_dir / "clean.jsonl", "heldout": out_dir / "heldout.jsonl", "flagged": out_dir / "flagged.csv",
-             "summary": out_dir / "summary.json", "review_todo": out_dir / "review_todo.csv"}
+             "summary": out_dir / "summary.json", "review_todo": out_dir / "review_todo.csv",
+             "card": out_dir / "README.md"}
     training, heldout = heldout_split(clean_rows, heldout_rows, seed)
     write_jsonl(paths["clean"], training)
     write_jsonl(paths["heldout"], heldout)
     for key, table in (("flagged", flagged), ("review_todo", review_todo(flagged))):
         with atomic_path(paths[key]) as tmp:
             table.to_csv(tmp, index=False)
-    atomic_write_json(paths["summary"], {**summary, "training_rows": len(training), "heldout_rows": len(heldout)})
+    summary = {**summary, "training_rows": len(training), "heldout_rows": len(heldout)}
+    atomic_write_json(paths["summary"], summary)
+    atomic_write_text(paths["card"], dataset_card(summary, flagged))
     return paths

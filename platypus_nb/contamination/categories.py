@@ -17,15 +17,16 @@ replaces the suggestion on the next run. The rules, in order:
 
 1. the row's data_source is an evaluation split -> duplicate (every row of it is a test item);
 2. the whole test text occurs in the row (``exact``) -> duplicate, unless it is a short text (fewer than n words)
-   quoted inside a row that is otherwise different (it covers less than half the row and the similarity is below
-   the threshold): then similar but different (a common phrase such as "What is your favorite color?" inside a
+   quoted inside a row that is otherwise different (it and the options of it the row carries cover less than half
+   the row, :func:`item_coverage`, and the similarity is below the threshold): then similar but different (a common phrase such as "What is your favorite color?" inside a
    MATH word problem is not a copied item);
 3. the question visibly differs -> similar but different. Visible differences (with the verifier also a missing
    name or formula, or another question on the same passage: docs/contamination.md): a number of the test text is
    missing from the row (MATH-style templates with other numbers: "the sums 10, 18, 19, ..." against "the sums 16,
    19, 20, ..."), or, for a multiple-choice item, the training output names a wrong option and not the correct one;
 4. at least ``duplicate_overlap`` of the test text's n-grams occur in the row, or similarity >=
-   ``duplicate_similarity`` -> duplicate;
+   ``duplicate_similarity`` -> duplicate, unless (with the verifier) the row's short answer names none of the
+   item's options (``answer_agreement`` "other": the same passage or stem with another question) -> rule 5;
 5. with the verifier (``contamination.verifier: evidence``, docs/contamination.md): verified the same question ->
    gray area, otherwise similar but different; with ``verifier: none``: similarity >= ``threshold`` -> gray area;
 6. otherwise (a few n-grams shared, similarity below the threshold: the row shares some wording, such as a
@@ -44,23 +45,56 @@ from typing import Optional, Sequence
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig, resolve_path
 from platypus_nb.contamination.lexical import contains_words, normalised, words
 from platypus_nb.contamination.testsets import TestItem
+from platypus_nb.contamination.verifier import content_words
 
 REVIEW_COLUMNS = ("train_hash", "test_id", "category", "reviewer", "note")
 
 
+# An output of at most this many words (or, if longer, no longer than the item's longest option) is an answer, not
+# an explanation: when it names none of the item's options it answers another question (``"other"``).
+SHORT_ANSWER_WORDS = 12
+
+
 def answer_agreement(output: str, item: TestItem) -> str:
     """``"same"`` if the training output contains the correct answer, ``"different"`` if it contains a wrong
-    option and not the correct one, else ``"unknown"`` (no answer known, or neither found)."""
+    option and not the correct one, ``"other"`` if it is a short answer (``SHORT_ANSWER_WORDS``) of a
+    multiple-choice item that names none of its options and uses under half of the correct one's content words
+    that are not the question's, else ``"unknown"``
+    (no answer known, an explanation that names no option, or no output).
+
+    "other" is weaker evidence than "different": a synonymous answer ("skin" for "epidermis", the paper's gray area)
+    is "other" too, so it only lowers the verifier's score (docs/contamination.md), it never decides alone."""
     if not item.answer or not normalised(item.answer):
         return "unknown"
     out = normalised(output)
     correct = normalised(item.answer)
     if contains_words(out, correct):
         return "same"
-    wrong = {normalised(c) for c in item.choices} - {correct, ""}
-    if any(contains_words(out, w) for w in wrong):
+    options = {normalised(c) for c in item.choices} - {""}
+    if any(contains_words(out, w) for w in options - {correct}):
         return "different"
+    n_out = len(out.split())
+    longest = max((len(o.split()) for o in options), default=0)
+    if options and out and n_out <= max(SHORT_ANSWER_WORDS, longest):
+        # the correct answer's own words: those that repeat the question ("Barack Obama was born in the U.S." for
+        # "Where was Barack Obama born?") do not tell one answer from another
+        key = content_words(item.answer) - content_words(item.text)
+        if key and len(key & content_words(output)) < 0.5 * len(key):
+            return "other"
     return "unknown"
+
+
+def item_coverage(train_text: str, item: TestItem) -> float:
+    """The share of the row's words that the test item explains: its text plus those of its options the row carries
+    verbatim (at most 1). A short question followed by its own options is a copy of the item, not a phrase quoted in
+    an otherwise different row, even though the question alone covers a small part of the row."""
+    row = normalised(train_text)
+    n_row = len(row.split())
+    if not n_row:
+        return 1.0
+    explained = len(words(item.text)) + sum(len(normalised(c).split()) for c in set(item.choices)
+                                            if contains_words(row, normalised(c)))
+    return min(1.0, explained / n_row)
 
 
 def numbers_differ(train_text: str, test_text: str) -> bool:
@@ -81,7 +115,9 @@ def suggest_category(*, method: str, similarity: float, ngram_overlap: float, ex
         return "similar_but_different" if quoted_phrase else "duplicate"
     if numbers_differ or agreement == "different":
         return "similar_but_different"
-    if ngram_overlap >= cfg.duplicate_overlap or similarity >= cfg.duplicate_similarity:
+    # with the verifier, another short answer ("other") is a visible difference too: the verifier decides
+    if (ngram_overlap >= cfg.duplicate_overlap or similarity >= cfg.duplicate_similarity) and not (
+            verifier_same is not None and agreement == "other"):
         return "duplicate"
     if verifier_same is not None:
         return "gray_area" if verifier_same else "similar_but_different"

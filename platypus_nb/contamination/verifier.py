@@ -9,8 +9,9 @@ without its passage, a question buried in a long row.
 Stage two is the *evidence verifier*: no model, a decision over evidence that is cheap to compute and that an
 embedding cannot see: how many of the test question's content words the row uses (a rewording keeps most of its
 terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
-item's options, and whether its answer is the test item's answer. ``verifier_score`` is a weighted sum of them; a
-pair is the same question at or above ``verifier_threshold``. Models were measured against it on the evaluation set
+item's options or lists others, and whether its answer is the test item's answer or another one.
+``verifier_score`` is a weighted sum of them; a pair is the same question at or above ``verifier_threshold``,
+unless a name, a formula or the polarity of the ask differs, or the row does not ask an item's question stem. Models were measured against it on the evaluation set
 (benchmarks/README.md): see docs/contamination.md for why this one is the default.
 """
 
@@ -29,7 +30,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-1"
+VERIFIER_VERSION = "evidence-2"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -49,7 +50,8 @@ def content_words(text: str) -> set[str]:
     return {w[:6] for w in words(text) if w not in STOPWORDS and len(w) > 1}
 
 
-_OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s.*$", re.M)
+# A lettered option line: "A. text", "(b) text"; not a sentence that starts with an initial ("C. , City Council").
+_OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s+[^\s,;.].*$", re.M)
 
 
 def word_overlap(train_text: str, test_text: str) -> float:
@@ -204,17 +206,84 @@ def _pieces_of(owner: np.ndarray) -> dict[int, list[int]]:
 
 # ------------------------------------------------------------------------------------------------ stage two
 
-# Weights of the evidence score (chosen on the evaluation set's dev half; docs/contamination.md).
+# Weights of the evidence score (chosen on the evaluation set's dev half; docs/contamination.md). The answer counts
+# for (the row's answer is the item's) or against (a short answer naming none of the item's options, "other"); so
+# do options: the item's own options carried, or other options listed in their place.
 W_SIMILARITY, W_OVERLAP, W_OPTIONS, W_ANSWER = 1.0, 1.0, 0.5, 0.2
+W_OTHER_ANSWER, W_OTHER_OPTIONS = 0.5, 0.3
 
 
-def evidence_score(segment_sim: float, overlap: float, options: float, agreement: str) -> float:
-    """The evidence verifier's score: segment similarity + content-word overlap + options carried + same answer."""
+def evidence_score(segment_sim: float, overlap: float, options: float, agreement: str,
+                   other_options: bool = False) -> float:
+    """The evidence verifier's score: segment similarity + content-word overlap + options carried + same answer,
+    less the weight of another answer and of other options."""
     return (W_SIMILARITY * segment_sim + W_OVERLAP * overlap + W_OPTIONS * options
-            + W_ANSWER * (agreement == "same"))
+            + W_ANSWER * (agreement == "same") - W_OTHER_ANSWER * (agreement == "other")
+            - W_OTHER_OPTIONS * other_options)
 
 
-_FORMULA = re.compile(r"[⊃∨≡·~∧¬→↔=+^_<>]")
+def option_lines(train_text: str) -> list[str]:
+    """The lettered option lines ("A. ...", "(b) ...") of a training text, without their letters, normalised."""
+    return [normalised(re.sub(r"^\s*\(?[A-Ha-h][.)]\s", "", m.group(0))) for m in _OPTION_LINE.finditer(train_text)]
+
+
+def other_options(train_text: str, item: TestItem) -> bool:
+    """Whether the row lists options of its own (two or more lettered lines) and none of them is one of the item's:
+    the same stem asked with other options is another item (MMLU and ARC reuse stems such as "Which of these is a
+    chemical change?" with other options). A row with some of the item's options, or with none listed, is not."""
+    lines = [o for o in option_lines(train_text) if o]
+    if len(lines) < 2 or not item.choices:
+        return False
+    mine = {normalised(c) for c in item.choices} - {""}
+    return not any(line in mine or any(contains_words(line, c) for c in mine) for line in lines)
+
+
+# Words that turn a question into its opposite ("Which is a benefit" / "Which is NOT a benefit"), as lower-case word
+# tokens ("isn't" is "isn", "t"). A rewording keeps the ask's polarity; a synonym keeps its class ("never" and "at
+# no time" are both negations).
+_NEGATION = frozenset("not no never none cannot nor neither isn aren wasn weren doesn don didn won wouldn couldn "
+                      "shouldn hasn haven hadn nothing nobody".split())
+_POLARITY = {"negation": _NEGATION, "except": frozenset({"except", "excluding"}),
+             "least": frozenset({"least", "fewest", "lowest", "smallest", "minimum"}),
+             "false": frozenset({"false", "untrue", "incorrect", "wrong"})}
+
+
+# "True or false: ...", "right or wrong": a yes / no frame, not a polarity of the ask.
+_TRUTH_FRAME = re.compile(r"\b(?:true|accurate|correct|right)\s+or\s+(?:false|untrue|incorrect|wrong)\b", re.I)
+# A selection question ("Which of the following ...", "All of the following EXCEPT"): its polarity picks the answer.
+_SELECTION = frozenset({"which", "following"})
+
+
+def polarity(text: str) -> frozenset[str]:
+    """The polarity classes (negation, except, least, false) the text's question uses."""
+    present = set(words(_TRUTH_FRAME.sub(" ", text)))
+    return frozenset(name for name, members in _POLARITY.items() if present & members)
+
+
+def asks_differ(train_text: str, test_question: str) -> bool:
+    """Whether the row asks the opposite selection: the test question selects among options ("which", "following")
+    and the row's question differs from it in polarity (which is / which is NOT, EXCEPT, LEAST, false). Compared on
+    the questions only: the row's last paragraph without option lines, and the test item's stem. A free question
+    ("Why is it hard to ...?" / "Why can it not ...?") may be reworded with or without a negation, so it is not
+    compared."""
+    if not _SELECTION & set(words(test_question)):
+        return False
+    row_question = question_stem(_OPTION_LINE.sub("", train_text).strip())
+    return polarity(row_question) != polarity(test_question)
+
+
+def other_numbers(train_text: str, item: TestItem) -> bool:
+    """Whether the row's question (option lines left out) has a number that neither the test text nor its options
+    have: the same template with other numbers, as opposed to a row that only leaves some numbers out (a stem asked
+    without the passage that held them)."""
+    def numbers(text: str) -> set[str]:
+        return {w for w in words(text) if any(ch.isdigit() for ch in w)}
+
+    known = numbers(item.text) | {n for c in item.choices for n in numbers(c)}
+    return bool(numbers(_OPTION_LINE.sub("", train_text)) - known)
+
+
+_FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>]")
 
 
 def formulas_differ(train_text: str, test_text: str) -> bool:
@@ -239,16 +308,21 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     for one pair.
 
     The question differs when a name or a formula of the matched piece (the whole text, or the stem when the row
-    asks the stem alone) is missing from the row, or, for an item with a passage, when the row's own question (its stem) does not
-    use the item's stem's words (``STEM_MIN_OVERLAP``). The same question needs a score at or above ``threshold``
-    and no such difference."""
+    asks the stem alone) is missing from the row, when the row's question and the item's stem differ in polarity
+    (:func:`asks_differ`), or, for an item with a passage, when the row's own question (its stem) does not use the
+    item's stem's words (``STEM_MIN_OVERLAP``). The same question needs a score at or above ``threshold`` and no
+    such difference."""
     stem = question_stem(item.text)
     whole = word_overlap(train_text, item.text)
     of_stem = word_overlap(question_stem(_OPTION_LINE.sub("", train_text).strip()), stem) if stem != item.text \
         else whole
     piece = stem if of_stem > whole else item.text
     differs = (names_differ(train_text, piece, common) or formulas_differ(train_text, piece)
+               or asks_differ(train_text, stem)
                or (stem != item.text and of_stem < STEM_MIN_OVERLAP))
     options = options_found(train_text, item)
-    score = evidence_score(segment_sim, max(whole, of_stem), options, agreement)
-    return max(whole, of_stem), options, score, score >= threshold and not differs, differs
+    # for an item with a passage the question is its stem: a row that shares the passage shares most of the whole
+    # text's words whatever it asks
+    overlap = of_stem if stem != item.text else whole
+    score = evidence_score(segment_sim, overlap, options, agreement, other_options(train_text, item))
+    return overlap, options, score, score >= threshold and not differs, differs
