@@ -52,7 +52,7 @@ STAGES: dict[str, StageContract] = {
     "01_dataset_construction": StageContract(
         "01_dataset", ("open_platypus.jsonl", "removed.csv", "composition.csv", "summary.json")),
     "02_contamination_analysis": StageContract(
-        "02_contamination", ("clean.jsonl", "heldout.jsonl", "flagged.csv", "summary.json"),
+        "02_contamination", ("clean.jsonl", "heldout.jsonl", "flagged.csv", "summary.json", "README.md"),
         (Read("01_dataset_construction", ("open_platypus.jsonl",)),)),
     "03_finetune": StageContract(
         "03_finetune", ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json",

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.assets import data_file
+from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import LEADERBOARD_TEST_SETS, ContaminationConfig
 from platypus_nb.contamination.analysis import flag_pairs, nearest_training_rows, semantic_pairs
 from platypus_nb.contamination.lexical import lexical_pairs
@@ -276,7 +277,7 @@ def build_negatives(items_by_set: dict[str, list[TestItem]], seed: int, counts: 
     subject_words = {s: [content_words(it.text) for it in its] for s, its in mmlu_by_subject.items()}
     scored = []
     for split in ("mmlu_dev", "mmlu_validation"):
-        for n, r in enumerate(read_jsonl(data_file(f"{split}.jsonl.gz"))):
+        for n, r in enumerate(read_benchmark(split)):
             if _plain(r["question"]) in test_texts:
                 continue
             share, near = nearest(r["question"], mmlu_by_subject[r["subject"]], subject_words[r["subject"]])
@@ -291,7 +292,7 @@ def build_negatives(items_by_set: dict[str, list[TestItem]], seed: int, counts: 
     arc_words = [content_words(it.text) for it in arc]
     scored = []
     for f in ("arc_challenge_validation", "arc_easy_validation"):
-        for r in read_jsonl(data_file(f"{f}.jsonl.gz")):
+        for r in read_benchmark(f):
             if _plain(r["question"]) in test_texts:
                 continue
             share, near = nearest(r["question"], arc, arc_words)
