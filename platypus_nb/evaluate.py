@@ -19,8 +19,9 @@ this module relies on; :func:`departures` lists, for a run, every way it differs
 
 Each model is loaded once (bf16/fp32, or 4-bit nf4 through bitsandbytes) and handed to lm-eval as
 ``HFLM(pretrained=<loaded model>)``; a LoRA adapter is merged into its base first, as the released Platypus2 models
-were (:func:`load_for_eval` says why not through ``HFLM``'s own loading options). Results go to ``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for
-step 06's paired comparisons) and the scores to ``<out_dir>/summary.csv``.
+were (:func:`load_for_eval` says why not through ``HFLM``'s own loading options). Results go to
+``<out_dir>/<model>.json``, per-question outcomes to ``<out_dir>/<model>.samples.jsonl`` (for step 06's paired
+comparisons) and the scores to ``<out_dir>/summary.csv``.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ replaces the suggestion on the next run. The rules, in order:
 1. the row's data_source is an evaluation split -> duplicate (every row of it is a test item);
 2. the whole test text occurs in the row (``exact``) -> duplicate, unless it is a short text (fewer than n words)
    quoted inside a row that is otherwise different (it and the options of it the row carries cover less than half
-   the row, :func:`item_coverage`, and the similarity is below the threshold): then similar but different (a common phrase such as "What is your favorite color?" inside a
-   MATH word problem is not a copied item);
+   the row, :func:`item_coverage`, and the similarity is below the threshold): then similar but different (a
+   common phrase such as "What is your favorite color?" inside a MATH word problem is not a copied item);
 3. the question visibly differs -> similar but different. Visible differences (with the verifier also a missing
    name or formula, or another question on the same passage: docs/contamination.md): a number of the test text is
    missing from the row (MATH-style templates with other numbers: "the sums 10, 18, 19, ..." against "the sums 16,

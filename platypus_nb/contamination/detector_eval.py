@@ -5,8 +5,8 @@ Each row is a training row (``instruction``, ``input``, ``output``, ``data_sourc
 ``benchmark``, ``label`` (1: it reproduces the test item ``test_id``; 0: it does not reproduce any test item, and
 ``test_id`` is its nearest test item of the same subject, for reading) and ``split`` (``dev`` / ``heldout`` by a
 hash of the id: rules are tuned on dev, reported on both). How each kind is made is in ``KINDS`` and in
-docs/contamination.md; every rule is a text rewrite written here, and 27 rewordings were written by hand (``HAND_WRITTEN``); no model
-generated any row.
+docs/contamination.md; every rule is a text rewrite written here, and 27 rewordings were written by hand
+(``HAND_WRITTEN``); no model generated any row.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ embedding cannot see: how many of the test question's content words the row uses
 terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
 item's options or lists others, and whether its answer is the test item's answer or another one.
 ``verifier_score`` is a weighted sum of them; a pair is the same question at or above ``verifier_threshold``,
-unless a name, a formula or the polarity of the ask differs, or the row does not ask an item's question stem. Models were measured against it on the evaluation set
-(benchmarks/README.md): see docs/contamination.md for why this one is the default.
+unless a name, a formula or the polarity of the ask differs, or the row does not ask an item's question stem.
+Models were measured against it on the evaluation set (benchmarks/README.md): see docs/contamination.md for why this one is the default.
 """
 
 from __future__ import annotations
