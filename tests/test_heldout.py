@@ -32,7 +32,8 @@ def build_rows(n: int = 40) -> list[dict]:
 
 def written(tmp_path, rows, n, seed):
     out = tmp_path / f"{n}-{seed}"
-    paths = C.write_outputs(out, rows, NO_PAIRS, {"train_rows": len(rows)}, heldout_rows=n, seed=seed)
+    summary = C.summarize(rows, [], NO_PAIRS, load_config("tiny").contamination, review={})
+    paths = C.write_outputs(out, rows, NO_PAIRS, summary, heldout_rows=n, seed=seed)
     return read_jsonl(paths["clean"]), read_jsonl(paths["heldout"]), json.loads(paths["summary"].read_text())
 
 
