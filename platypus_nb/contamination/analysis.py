@@ -22,11 +22,10 @@ from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreeme
                                                   numbers_differ, suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.report import dataset_card
-from platypus_nb.contamination.segments import question_stem
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
 from platypus_nb.contracts import question_text
-from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, other_numbers,
-                                                recall_candidates, segment_similarity, verify)
+from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, recall_candidates,
+                                                segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, atomic_write_text, write_jsonl
 
@@ -96,13 +95,12 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         agreement = answer_agreement(row["output"], item)
         differ = numbers_differ(text, item.text)
         if verifying:
-            # a row asking the stem alone lacks the passage's numbers, not the question's: a missing number of the
-            # passage counts when the row has other numbers in their place
-            differ = differ and (numbers_differ(text, question_stem(item.text)) or other_numbers(text, item))
-            overlap, options, score, same, question_differs = verify(text, item, p.segment_similarity, agreement,
-                                                                     cfg.verifier_threshold, common)
+            # a row asking the stem alone lacks the passage's numbers, not the question's; a row with numbers the
+            # item has nowhere asks another instance of its template (verifier.numbers_differ)
+            v = verify(text, item, p.segment_similarity, agreement, cfg.verifier_threshold, common)
+            overlap, options, score, same = v.overlap, v.options, v.score, v.same
             # another place or person, or another question on the same passage: shared n-grams are no evidence
-            differ = differ or (question_differs and not p.exact)
+            differ = v.numbers_differ or (v.question_differs and not p.exact)
         else:
             overlap, options, score, same = float("nan"), float("nan"), float("nan"), None
         if p.method == "segment" and not same:

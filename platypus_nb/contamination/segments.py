@@ -24,6 +24,16 @@ _LIST_LINE = re.compile(r"^\s*(?:[IVX]+|\d+|[a-d])[.)]\s")
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"'(])")
 # A text with more words than this has a passage worth stripping; fewer is a plain question.
 STEM_MIN_TEXT_WORDS = 60
+# Instruction framing around a question: "Q:", "Question 3.", "Finish the sentence:", "Continue the story:", and
+# trailing "Answer:" or "What comes next?". It is not part of any test item: a row that wraps a test question in it
+# carries extra words that lower its similarity and its word overlap (a short HellaSwag context "Finish the
+# sentence: A man sits on a roof. he" is no longer retrieved at all).
+_LEADING_FRAME = re.compile(
+    r"^\s*(?:(?:Q|Question|Problem|Exercise|Task|Prompt)\s*\d*\s*[:.)]\s+"
+    r"|(?:Please\s+)?(?:Finish|Complete|Continue|End)\s+(?:the|this)\s+(?:following\s+)?"
+    r"(?:sentence|story|text|passage|paragraph|description|scenario)\s*[:.]\s*)", re.I)
+_TRAILING_FRAME = re.compile(r"\s*(?:(?:Answer|A)\s*:|What (?:comes|happens) next\?|How does it (?:end|continue)\?)\s*$",
+                             re.I)
 # Chunks of this many words (about 200 word pieces for English prose: inside MiniLM's 256) overlapping by half.
 CHUNK_WORDS = 150
 
@@ -46,6 +56,27 @@ def question_stem(text: str) -> str:
         sentences = _SENTENCE_END.split(text.strip())
         stem = " ".join(sentences[-2:])
     return stem if len(stem.split()) < 0.7 * len(text.split()) else text
+
+
+def strip_framing(text: str) -> str:
+    """``text`` without instruction framing at its start or end (``_LEADING_FRAME``, ``_TRAILING_FRAME``), or
+    ``text`` itself when stripping would leave nothing."""
+    stripped = text
+    for _ in range(3):  # "Question: Q1. ..." nests
+        before = stripped
+        stripped = _TRAILING_FRAME.sub("", _LEADING_FRAME.sub("", stripped))
+        if stripped == before:
+            break
+    return stripped.strip() or text
+
+
+def has_separate_passage(text: str) -> bool:
+    """Whether a test text is a passage followed by a question in a paragraph of its own (MMLU's history items: "This
+    question refers to the following information." / source / question): several questions may share that passage,
+    so what a row asks is its stem. A long single paragraph (a law or clinical vignette, a physics problem, a
+    HellaSwag context) is one question: a row that rewords all of it rewords that question, whatever it does to its
+    last sentences."""
+    return question_stem(text) != text and len([line for line in text.strip().split("\n") if line.strip()]) > 1
 
 
 def chunks(text: str, size: int = CHUNK_WORDS) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.contamination.lexical import contains_words, normalised, words
-from platypus_nb.contamination.segments import chunks, question_stem
+from platypus_nb.contamination.segments import chunks, has_separate_passage, question_stem, strip_framing
 from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
@@ -102,22 +102,53 @@ def names(text: str, common: set[str]) -> set[str]:
     return found
 
 
+# Countries and the adjective / people of each: a rewording writes "Chinese children" for "children in China".
+# Lower-case, as ``names`` returns them; each set is one name.
+_NATIONALITIES = [
+    "afghanistan afghan", "albania albanian", "algeria algerian", "america american americans",
+    "argentina argentine argentinian", "australia australian australians", "austria austrian", "belgium belgian",
+    "brazil brazilian", "britain british briton", "bulgaria bulgarian", "canada canadian canadians",
+    "chile chilean", "china chinese", "colombia colombian", "croatia croatian", "cuba cuban", "denmark danish dane",
+    "egypt egyptian egyptians", "england english", "ethiopia ethiopian", "finland finnish finn",
+    "france french frenchman", "germany german germans", "ghana ghanaian", "greece greek greeks",
+    "hungary hungarian", "iceland icelandic", "india indian indians", "indonesia indonesian", "iran iranian",
+    "iraq iraqi", "ireland irish", "israel israeli", "italy italian italians", "japan japanese", "kenya kenyan",
+    "korea korean koreans", "mexico mexican mexicans", "morocco moroccan", "netherlands holland dutch",
+    "nigeria nigerian", "norway norwegian", "pakistan pakistani", "peru peruvian", "philippines filipino",
+    "poland polish pole", "portugal portuguese", "romania romanian", "russia russian russians",
+    "scotland scottish scot", "spain spanish spaniard", "sweden swedish swede", "switzerland swiss",
+    "syria syrian", "thailand thai", "turkey turkish turk", "ukraine ukrainian", "vietnam vietnamese",
+    "wales welsh", "europe european europeans", "africa african africans", "asia asian asians",
+]
+_SAME_NAME = {word: frozenset(group.split()) for group in _NATIONALITIES for word in group.split()}
+
+
 def names_differ(train_text: str, test_text: str, common: set[str]) -> bool:
     """Whether a name of the test text is missing from the training text (the same question about another place
-    or person: "What happens if you go to France?" against "... to Germany?")."""
-    lowered = normalised(train_text)
-    return any(not contains_words(lowered, n) for n in names(test_text, common))
+    or person: "What happens if you go to France?" against "... to Germany?"). A country's adjective or people
+    (``_NATIONALITIES``: "Chinese" for "China") stands for it, unless the test text uses that form itself ("In
+    France they speak French": the row's "French" is then the test's own word, not its "France")."""
+    row, test = normalised(train_text), normalised(test_text)
+
+    def present(name: str) -> bool:
+        return contains_words(row, name) or any(contains_words(row, form) and not contains_words(test, form)
+                                                for form in _SAME_NAME.get(name, ()))
+
+    return not all(present(n) for n in names(test_text, common))
 
 
 # ------------------------------------------------------------------------------------------------ stage one
 
 
 def training_pieces(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Every training text, then the chunks of the long ones; and the row each piece belongs to."""
+    """Every training text, then, for each row, its text without instruction framing (when it has some:
+    :func:`strip_framing`) and the chunks of the long ones; and the row each piece belongs to. The whole texts come
+    first and unchanged: their vectors are the paper's."""
     pieces, owner = list(texts), list(range(len(texts)))
     for i, text in enumerate(texts):
-        for chunk in chunks(text):
-            pieces.append(chunk)
+        bare = strip_framing(text)
+        for piece in ([bare] if bare != text else []) + chunks(text):
+            pieces.append(piece)
             owner.append(i)
     return pieces, np.array(owner, dtype=np.int64)
 
@@ -272,28 +303,74 @@ def asks_differ(train_text: str, test_question: str) -> bool:
     return polarity(row_question) != polarity(test_question)
 
 
+# Spelled-out numbers are numbers: "a subgroup of order five" and "... of order seven" are two questions, and "two
+# partners" rewords "2 partners". "one" is left out: it is mostly a pronoun ("which one", "one of the following").
+_NUMBER_WORDS = {w: str(n) for n, w in enumerate(
+    "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty".split()) if w != "_"}
+_NUMBER_WORDS |= {w: str(10 * n) for n, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+# An ordered pair or tuple of numbers, "(2,3)" or "(2, 3, 4)": one number, since "(2,3)" and "(3,2)" differ.
+_TUPLE = re.compile(r"\(\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*\)")
+
+
+def numbers(text: str) -> set[str]:
+    """The numbers of a text: its word tokens with a digit ("12", "2z", "h2o"), spelled-out numbers as digits
+    (``_NUMBER_WORDS``) and tuples of numbers without their spaces."""
+    found = {_NUMBER_WORDS.get(w, w) for w in words(text) if w in _NUMBER_WORDS or any(ch.isdigit() for ch in w)}
+    return found | {re.sub(r"\s+", "", m.group(0)) for m in _TUPLE.finditer(text)}
+
+
 def other_numbers(train_text: str, item: TestItem) -> bool:
     """Whether the row's question (option lines left out) has a number that neither the test text nor its options
-    have: the same template with other numbers, as opposed to a row that only leaves some numbers out (a stem asked
-    without the passage that held them)."""
-    def numbers(text: str) -> set[str]:
-        return {w for w in words(text) if any(ch.isdigit() for ch in w)}
-
+    have: the same template with other numbers ("the ring 2Z" / "the ring Z x Z", "0 <= t <= 2pi" / "0 <= t <= pi"),
+    as opposed to a row that only leaves some numbers out (a stem asked without the passage that held them).
+    Only numbers that start with a digit (and tuples, and spelled-out numbers) count here: a token that starts with
+    a letter ("H2O", "CO2") names a substance, which a rewording may write for a word ("water")."""
     known = numbers(item.text) | {n for c in item.choices for n in numbers(c)}
-    return bool(numbers(_OPTION_LINE.sub("", train_text)) - known)
+    return any(n[0].isdigit() or n[0] == "(" for n in numbers(_OPTION_LINE.sub("", train_text)) - known)
+
+
+def numbers_differ(train_text: str, item: TestItem) -> bool:
+    """Whether the row asks with other numbers: a number of the item's question stem (the whole text for an item
+    without a passage) is missing from the row, or the row has a number the item has nowhere
+    (:func:`other_numbers`). A number of a passage may be missing: a row may ask the stem alone, or leave out
+    details of a long scenario."""
+    return bool(numbers(question_stem(item.text)) - numbers(train_text)) or other_numbers(train_text, item)
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>]")
+# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)".
+_SYMBOL = re.compile(r"^[(\[~¬]*[A-Z][)\]]*$")
+
+
+def formulas(text: str) -> set[str]:
+    """The formulas of a text without their spaces: per line, each maximal run of tokens that have a logic or math
+    operator (``_FORMULA``) or are a propositional letter (``_SYMBOL``), when the run has an operator; a comma
+    ends a run. "~C ⊃ D" and "A ⊃ (~B ≡ C)" are formulas; so is each token with an operator alone."""
+    found = set()
+    for line in text.split("\n"):
+        run: list[str] = []
+        for raw in line.split() + [""]:
+            token = raw.strip(".;:?!\"'")
+            ends = raw.endswith(",")
+            token = token.rstrip(",")
+            if token and (_FORMULA.search(token) or _SYMBOL.match(token)):
+                run.append(token)
+                if _FORMULA.search(token):
+                    found.add(token)
+            if not token or not (_FORMULA.search(token) or _SYMBOL.match(token)) or ends:
+                if any(_FORMULA.search(t) for t in run):
+                    found.add("".join(run))
+                run = []
+    return found
 
 
 def formulas_differ(train_text: str, test_text: str) -> bool:
-    """Whether a formula of the test text (a whitespace-separated token with a logic or math operator) is missing
-    from the training text: the same template with other formulas (MMLU formal logic) asks another question."""
-    def tokens(text: str) -> set[str]:
-        return {t.strip(".,;:?!\"'") for t in text.split()}
-
-    train = tokens(train_text)
-    return any(_FORMULA.search(t) and t not in train for t in tokens(test_text))
+    """Whether a formula of the test text (:func:`formulas`) is missing from the training text, spaces and commas
+    ignored: the same template with other formulas (MMLU formal logic: "~C ⊃ D / D ⊃ C" against "A ⊃ (~B ≡ C) /
+    B ≡ D") asks another question even when every symbol of it occurs in the row."""
+    train = re.sub(r"[\s,]+", "", train_text)
+    return any(f.replace(",", "") not in train for f in formulas(test_text))
 
 
 # For a test item with a passage, how far a row must use its question stem's content words (``word_overlap``) to be
@@ -302,27 +379,54 @@ def formulas_differ(train_text: str, test_text: str) -> bool:
 STEM_MIN_OVERLAP = 0.6
 
 
-def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
-           common: set[str]) -> tuple[float, float, float, bool, bool]:
-    """(word overlap with the best-matching test piece, options found, score, same question, question differs)
-    for one pair.
+def compared_piece(train_text: str, item: TestItem) -> tuple[str, bool]:
+    """(the part of the test item a row is compared with as a question, whether that is a stem after a passage).
 
-    The question differs when a name or a formula of the matched piece (the whole text, or the stem when the row
-    asks the stem alone) is missing from the row, when the row's question and the item's stem differ in polarity
-    (:func:`asks_differ`), or, for an item with a passage, when the row's own question (its stem) does not use the
-    item's stem's words (``STEM_MIN_OVERLAP``). The same question needs a score at or above ``threshold`` and no
-    such difference."""
+    An item with a separate passage (:func:`has_separate_passage`) is compared by its stem: several questions share
+    such a passage. A long single-paragraph item (a vignette ending in its question) is compared by its stem when
+    the row has under half of its words (the row asks the question without the scenario), else whole: a rewording
+    of a long question rewords its last sentences too, and is still that question."""
     stem = question_stem(item.text)
-    whole = word_overlap(train_text, item.text)
-    of_stem = word_overlap(question_stem(_OPTION_LINE.sub("", train_text).strip()), stem) if stem != item.text \
-        else whole
-    piece = stem if of_stem > whole else item.text
-    differs = (names_differ(train_text, piece, common) or formulas_differ(train_text, piece)
-               or asks_differ(train_text, stem)
-               or (stem != item.text and of_stem < STEM_MIN_OVERLAP))
-    options = options_found(train_text, item)
-    # for an item with a passage the question is its stem: a row that shares the passage shares most of the whole
-    # text's words whatever it asks
-    overlap = of_stem if stem != item.text else whole
-    score = evidence_score(segment_sim, overlap, options, agreement, other_options(train_text, item))
-    return overlap, options, score, score >= threshold and not differs, differs
+    if stem == item.text:
+        return item.text, False
+    if has_separate_passage(item.text) or len(train_text.split()) < 0.5 * len(item.text.split()):
+        return stem, True
+    return item.text, False
+
+
+@dataclass
+class Verdict:
+    """Stage two's evidence and decision for one pair (``flagged.csv`` keeps the first three and the decision)."""
+
+    overlap: float  # content-word overlap with the compared piece of the test item
+    options: float  # share of the item's options found in the row
+    score: float  # evidence_score
+    same: bool  # the same question: score >= threshold and no visible difference
+    question_differs: bool  # a name, formula, polarity or (passage items) stem of the item is not the row's
+    numbers_differ: bool  # the row asks with other numbers (:func:`numbers_differ`)
+
+
+def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
+           common: set[str]) -> Verdict:
+    """The verifier's verdict on one pair; instruction framing around the row's question is left out first.
+
+    The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
+    the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), or, for a piece
+    that is a stem, when the row's own question (its stem) does not use that stem's words (``STEM_MIN_OVERLAP``:
+    another question on the same passage). The same question needs a score at or above ``threshold``, no such
+    difference and no other numbers."""
+    row = strip_framing(train_text)
+    piece, is_stem = compared_piece(row, item)
+    if is_stem:
+        # a row that shares the passage shares most of the whole text's words whatever it asks: its question is
+        # what counts
+        overlap = word_overlap(question_stem(_OPTION_LINE.sub("", row).strip()), piece)
+        differs = overlap < STEM_MIN_OVERLAP
+    else:
+        overlap, differs = word_overlap(row, piece), False
+    differs = (differs or names_differ(row, piece, common) or formulas_differ(row, piece)
+               or asks_differ(row, question_stem(item.text)))
+    options = options_found(row, item)
+    score = evidence_score(segment_sim, overlap, options, agreement, other_options(row, item))
+    other = numbers_differ(row, item)
+    return Verdict(overlap, options, score, score >= threshold and not differs and not other, differs, other)
