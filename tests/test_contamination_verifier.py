@@ -201,3 +201,121 @@ def test_the_lexical_pool_holds_the_rows_items_and_their_nearest_by_shared_words
     assert [i.test_id for i in lexical_pool([row], arc, 0)] == [arc[0].test_id]
     nearest = {i.test_id for i in lexical_pool([row], arc, 1)} - {arc[0].test_id}
     assert nearest == {"arc_challenge:Mercury_SC_401792"}  # "Which is a renewable resource?"
+
+
+# ----------------------------------------------------------------------------- rules of evidence-3, on real rows
+
+
+def _rows(*ids: str) -> list[dict]:
+    from platypus_nb.contamination.detector_eval import load_check_rows
+
+    by_id = {r["id"]: r for r in load_eval_rows() + load_check_rows()}
+    return [by_id[i] for i in ids]
+
+
+def _item(test_id: str) -> C.TestItem:
+    name = test_id.split(":")[0]
+    return next(i for i in C.load_test_set(name) if i.test_id == test_id)
+
+
+def test_instruction_framing_is_stripped_from_the_row_and_becomes_a_piece_of_its_own():
+    from platypus_nb.contamination.segments import strip_framing
+    from platypus_nb.contamination.verifier import training_pieces
+
+    (row,) = _rows("paraphrase:hellaswag:0")  # "Finish the sentence: A man sits on a roof. he"
+    text = C.question_text(row)
+    assert strip_framing(text) == "A man sits on a roof. he"
+    assert strip_framing("Question: Which gas do plants take in? Answer:") == "Which gas do plants take in?"
+    assert strip_framing("Q: Finish the sentence: He") == "He"
+    plain = "Which is a renewable resource?"
+    assert strip_framing(plain) == plain and strip_framing("Answer:") == "Answer:"
+    pieces, owner = training_pieces([text, plain])
+    assert pieces == [text, plain, "A man sits on a roof. he"] and owner.tolist() == [0, 1, 0]
+
+
+def test_a_long_single_question_reworded_whole_is_compared_whole_and_a_passage_item_by_its_stem():
+    from platypus_nb.contamination.segments import has_separate_passage, question_stem
+    from platypus_nb.contamination.verifier import compared_piece
+
+    law = _item("mmlu:professional_law:1131")  # one paragraph: a vignette ending in its question
+    (reworded,) = _rows("paraphrase:mmlu:professional_law:1131")
+    assert question_stem(law.text) != law.text and not has_separate_passage(law.text)
+    assert compared_piece(C.question_text(reworded), law) == (law.text, False)
+    # the question asked without the vignette is compared by the stem
+    stem_only = "If he is charged with larceny of the book, which would be his weakest defense?"
+    assert compared_piece(stem_only, law) == (question_stem(law.text), True)
+    history = _mmlu(HISTORY)  # "This question refers to the following information." / passage / question
+    assert has_separate_passage(history.text)
+    assert compared_piece(history.text, history) == (question_stem(history.text), True)
+
+
+def test_a_country_and_its_adjective_are_one_name_unless_the_test_uses_both():
+    from platypus_nb.contamination.verifier import common_words, names_differ
+
+    items = C.load_test_set("truthfulqa") + C.load_test_set("mmlu")
+    common = common_words([i.text for i in items])
+    (china,) = _rows("paraphrase:mmlu:global_facts:69")  # "... Chinese children aged 13-15 ..."
+    assert not names_differ(C.question_text(china), _item("mmlu:global_facts:69").text, common)
+    # "In France they speak French ...": the row's "French" is the test's own word, not its "France"
+    (russia,) = _rows("other_entity:truthfulqa:49")
+    assert names_differ(C.question_text(russia), _item("truthfulqa:49").text, common)
+
+
+def test_spelled_out_numbers_tuples_and_symbols_with_digits_are_numbers():
+    from platypus_nb.contamination.verifier import numbers, numbers_differ
+
+    (five,) = _rows("same_subject:mmlu_validation:college_mathematics:125")  # "a subgroup of order five"
+    assert numbers_differ(C.question_text(five), _item("mmlu:college_mathematics:83"))  # "... of order seven"
+    (pairs,) = _rows("same_subject:mmlu_validation:professional_accounting:1125")  # (2,2), (3,2) and (3,4)
+    assert numbers_differ(C.question_text(pairs), _item("mmlu:professional_accounting:50"))  # (2,2),(2,3),(4,2)
+    (ring,) = _rows("same_subject:mmlu_dev:abstract_algebra:4")  # "the ring 2Z"
+    assert numbers_differ(C.question_text(ring), _item("mmlu:abstract_algebra:77"))  # "the ring Z x Z"
+    # a tuple is a number of its own besides its digits; "two" is not counted ("which two" / "which pair")
+    assert numbers("order five, (2, 3) and two H2O") == {"5", "(2,3)", "2", "3", "h2o"}
+    # "H2O" for "water" is a rewording, "which pair" for "which two" too
+    item = _item("mmlu:high_school_chemistry:59")
+    assert not numbers_differ(item.text.replace("water", "H2O"), item)
+    assert not numbers_differ("Which pair of structures in a plant cell store energy from sunlight?",
+                              _item("arc_challenge:OHAT_2010_8_35"))
+
+
+def test_another_formula_from_the_same_symbols_is_another_question():
+    from platypus_nb.contamination.verifier import formulas, formulas_differ
+
+    item = _item("mmlu:formal_logic:67")  # ~C ⊃ D / D ⊃ C / C
+    (other,) = _rows("same_subject:mmlu_validation:formal_logic:277")  # A ⊃ (~B ≡ C) / B ≡ D / ~C ≡ ~D / ~A
+    assert formulas_differ(C.question_text(other), item.text)
+    assert not formulas_differ(item.text, item.text)
+    assert not formulas_differ(item.text.replace("~C ⊃ D", "~C⊃D"), item.text)
+    assert "A⊃(~B≡C)" in formulas("A ⊃ (~B ≡ C)")
+
+
+@pytest.fixture(scope="module")
+def pinned_evidence_3():
+    positives = ["synonyms:mmlu:professional_law:823", "paraphrase:mmlu:professional_law:1131",
+                 "paraphrase:mmlu:global_facts:69", "paraphrase:hellaswag:0"]
+    negatives = ["same_subject:mmlu_validation:college_mathematics:125", "same_subject:mmlu_dev:abstract_algebra:4",
+                 "same_subject:mmlu_validation:formal_logic:277",
+                 "same_subject:mmlu_validation:professional_accounting:1125",
+                 "same_subject:mmlu_validation:astronomy:27", "same_subject:mmlu_validation:conceptual_physics:190"]
+    rows = _rows(*positives, *negatives)
+    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
+    have = {i.test_id for i in items}
+    wanted = {r["test_id"] for r in rows} | {"mmlu:college_mathematics:83", "mmlu:formal_logic:67",
+                                              "mmlu:high_school_microeconomics:232"}
+    items += [_item(t) for t in sorted(wanted - have)]
+    return rows, items, len(positives)
+
+
+def test_evidence_3_finds_long_and_framed_rewordings_and_keeps_other_numbers_formulas_and_asks(pinned_evidence_3):
+    """Pairs the rules of evidence-2 got wrong: a law vignette reworded whole, "Chinese" for "China" and a
+    HellaSwag context framed "Finish the sentence:" were missed; "order five" / "order seven", "the ring 2Z" /
+    "Z x Z", another formula over the same letters, other ordered pairs, and two short questions on the same topic
+    below the embedding threshold whose rows do not give the item's answer ("How did the lunar maria form?" / "The
+    lunar maria are:", "Sound will travel fastest in" / "Sound travels in") were removed."""
+    rows, items, n_positive = pinned_evidence_3
+    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
+    removed, removed_with = _run(rows, items, cfg)
+    missed = [r["id"] for i, r in enumerate(rows[:n_positive]) if r["test_id"] not in removed_with.get(i, ())]
+    wrongly = [rows[i]["id"] for i in sorted(removed) if i >= n_positive]
+    assert missed == [] and wrongly == []

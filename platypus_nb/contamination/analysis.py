@@ -97,7 +97,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's; a row with numbers the
             # item has nowhere asks another instance of its template (verifier.numbers_differ)
-            v = verify(text, item, p.segment_similarity, agreement, cfg.verifier_threshold, common)
+            v = verify(text, item, p.segment_similarity, agreement, cfg.verifier_threshold, common, cfg.threshold)
             overlap, options, score, same = v.overlap, v.options, v.score, v.same
             # another place or person, or another question on the same passage: shared n-grams are no evidence
             differ = v.numbers_differ or (v.question_differs and not p.exact)

@@ -30,7 +30,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-2"
+VERIFIER_VERSION = "evidence-3"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -304,9 +304,10 @@ def asks_differ(train_text: str, test_question: str) -> bool:
 
 
 # Spelled-out numbers are numbers: "a subgroup of order five" and "... of order seven" are two questions, and "two
-# partners" rewords "2 partners". "one" is left out: it is mostly a pronoun ("which one", "one of the following").
+# partners" rewords "2 partners". "one" and "two" are left out: "one" is mostly a pronoun ("which one", "one of the
+# following"), and "which two" is reworded "which pair" or "both".
 _NUMBER_WORDS = {w: str(n) for n, w in enumerate(
-    "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "zero _ _ three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
     "eighteen nineteen twenty".split()) if w != "_"}
 _NUMBER_WORDS |= {w: str(10 * n) for n, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)}
 # An ordered pair or tuple of numbers, "(2,3)" or "(2, 3, 4)": one number, since "(2,3)" and "(3,2)" differ.
@@ -407,14 +408,17 @@ class Verdict:
 
 
 def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
-           common: set[str]) -> Verdict:
+           common: set[str], similarity_threshold: float) -> Verdict:
     """The verifier's verdict on one pair; instruction framing around the row's question is left out first.
 
     The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
     the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), or, for a piece
     that is a stem, when the row's own question (its stem) does not use that stem's words (``STEM_MIN_OVERLAP``:
     another question on the same passage). The same question needs a score at or above ``threshold``, no such
-    difference and no other numbers."""
+    difference and no other numbers; and a pair whose best similarity is below the embedding rule's
+    ``similarity_threshold`` also needs the row to give the item's answer (``agreement`` "same"): below it, the
+    embedding says "same topic", and the words a short question shares with a row on its topic ("the lunar maria",
+    "sound travels") do not say "same ask"."""
     row = strip_framing(train_text)
     piece, is_stem = compared_piece(row, item)
     if is_stem:
@@ -429,4 +433,6 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     options = options_found(row, item)
     score = evidence_score(segment_sim, overlap, options, agreement, other_options(row, item))
     other = numbers_differ(row, item)
-    return Verdict(overlap, options, score, score >= threshold and not differs and not other, differs, other)
+    corroborated = segment_sim >= similarity_threshold or agreement == "same"
+    same = score >= threshold and corroborated and not differs and not other
+    return Verdict(overlap, options, score, same, differs, other)
