@@ -4,7 +4,8 @@ The notebook ``02_contamination_analysis.ipynb`` calls these in order:
 
 1. :func:`platypus_nb.contracts.read_training_rows` (step 01's ``open_platypus.jsonl``) and :func:`load_test_items`
    (data/);
-2. :func:`embed_pieces` on both sides (whole texts, test items' question stems, long rows' chunks; cached), then
+2. :func:`embed_pieces` on both sides (whole texts, test items' question stems, rows without
+   instruction framing, long rows' chunks; cached), then
    :func:`semantic_pairs` (every whole-text pair at or above the threshold) and :func:`nearest_training_rows` (each
    test item's nearest row, what the original used);
 3. :func:`lexical_pairs` (verbatim test text or 13-grams of it inside a training row);

@@ -1,8 +1,8 @@
 """Stage two of step 02: is a retrieved (training row, test item) pair the same question, or another question on
 the same topic? The rules and their measured precision / recall are in docs/contamination.md.
 
-Stage one (:func:`recall_candidates`) retrieves, for every training row and each of its pieces (whole text, chunks of
-a long row), the ``top_k`` nearest test items over theirs (whole text, question stem after a passage), above a
+Stage one (:func:`recall_candidates`) retrieves, for every training row and each of its pieces (whole text, the text
+without instruction framing, chunks of a long row), the ``top_k`` nearest test items over theirs (whole text, question stem after a passage), above a
 similarity floor well below the removal threshold. It finds rewordings the whole-text embedding misses: a stem asked
 without its passage, a question buried in a long row.
 
@@ -11,7 +11,9 @@ embedding cannot see: how many of the test question's content words the row uses
 terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
 item's options or lists others, and whether its answer is the test item's answer or another one.
 ``verifier_score`` is a weighted sum of them; a pair is the same question at or above ``verifier_threshold``,
-unless a name, a formula or the polarity of the ask differs, or the row does not ask an item's question stem.
+unless a name, a formula, a number or the polarity of the ask differs, or the row does not ask the question stem of
+an item compared by its stem, or the pair is below the embedding threshold and the row does not give the item's
+answer (:func:`verify`).
 Models were measured against it on the evaluation set (benchmarks/README.md): see docs/contamination.md for why this one is the default.
 """
 
@@ -115,7 +117,7 @@ _NATIONALITIES = [
     "iraq iraqi", "ireland irish", "israel israeli", "italy italian italians", "japan japanese", "kenya kenyan",
     "korea korean koreans", "mexico mexican mexicans", "morocco moroccan", "netherlands holland dutch",
     "nigeria nigerian", "norway norwegian", "pakistan pakistani", "peru peruvian", "philippines filipino",
-    "poland polish pole", "portugal portuguese", "romania romanian", "russia russian russians",
+    "poland polish", "portugal portuguese", "romania romanian", "russia russian russians",
     "scotland scottish scot", "spain spanish spaniard", "sweden swedish swede", "switzerland swiss",
     "syria syrian", "thailand thai", "turkey turkish turk", "ukraine ukrainian", "vietnam vietnamese",
     "wales welsh", "europe european europeans", "africa african africans", "asia asian asians",
@@ -303,8 +305,8 @@ def asks_differ(train_text: str, test_question: str) -> bool:
     return polarity(row_question) != polarity(test_question)
 
 
-# Spelled-out numbers are numbers: "a subgroup of order five" and "... of order seven" are two questions, and "two
-# partners" rewords "2 partners". "one" and "two" are left out: "one" is mostly a pronoun ("which one", "one of the
+# Spelled-out numbers are numbers: "a subgroup of order five" and "... of order seven" are two questions, and "six
+# weeks" rewords "6 weeks". "one" and "two" are left out: "one" is mostly a pronoun ("which one", "one of the
 # following"), and "which two" is reworded "which pair" or "both".
 _NUMBER_WORDS = {w: str(n) for n, w in enumerate(
     "zero _ _ three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
@@ -374,9 +376,9 @@ def formulas_differ(train_text: str, test_text: str) -> bool:
     return any(f.replace(",", "") not in train for f in formulas(test_text))
 
 
-# For a test item with a passage, how far a row must use its question stem's content words (``word_overlap``) to be
-# asking that question: below it the row shares the passage (MMLU asks several questions about one passage) but
-# not the question.
+# For a pair compared by the item's question stem (:func:`compared_piece`), how far the row's question must use the
+# stem's content words (``word_overlap``) to be asking that question: below it the row shares the passage (MMLU asks
+# several questions about one passage) but not the question.
 STEM_MIN_OVERLAP = 0.6
 
 
