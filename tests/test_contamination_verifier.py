@@ -301,8 +301,7 @@ def pinned_evidence_3():
     rows = _rows(*positives, *negatives)
     items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
     have = {i.test_id for i in items}
-    wanted = {r["test_id"] for r in rows} | {"mmlu:college_mathematics:83", "mmlu:formal_logic:67",
-                                              "mmlu:high_school_microeconomics:232"}
+    wanted = {r["test_id"] for r in rows} | {"mmlu:college_mathematics:83", "mmlu:formal_logic:67"}
     items += [_item(t) for t in sorted(wanted - have)]
     return rows, items, len(positives)
 
