@@ -21,7 +21,7 @@ from platypus_nb.assets import embedding_model_path
 from platypus_nb.contamination.testsets import TestItem
 
 _LIST_LINE = re.compile(r"^\s*(?:[IVX]+|\d+|[a-d])[.)]\s")
-_SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"'(])")
+SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"'(])")
 # A text with more words than this has a passage worth stripping; fewer is a plain question.
 STEM_MIN_TEXT_WORDS = 60
 # Instruction framing around a question: "Q:", "Question 3.", "Finish the sentence:", "Continue the story:", and
@@ -53,7 +53,7 @@ def question_stem(text: str) -> str:
             end -= 1
         stem = "\n".join(lines[end - 1:])
     else:
-        sentences = _SENTENCE_END.split(text.strip())
+        sentences = SENTENCE_END.split(text.strip())
         stem = " ".join(sentences[-2:])
     return stem if len(stem.split()) < 0.7 * len(text.split()) else text
 

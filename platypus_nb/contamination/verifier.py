@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb.contamination.lexical import contains_words, normalised, words
-from platypus_nb.contamination.segments import chunks, has_separate_passage, question_stem, strip_framing
+from platypus_nb.contamination.segments import (SENTENCE_END, chunks, has_separate_passage, question_stem,
+                                               strip_framing)
 from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
@@ -125,16 +126,25 @@ _NATIONALITIES = [
 _SAME_NAME = {word: frozenset(group.split()) for group in _NATIONALITIES for word in group.split()}
 
 
+# Endings that make a name's adjective or plural ("Maya" / "Mayan", "Inca" / "Incas", "Roman" / "Romans").
+_NAME_SUFFIXES = frozenset({"n", "an", "ian", "ns", "ans", "s", "es", "ese"})
+
+
 def names_differ(train_text: str, test_text: str, common: set[str]) -> bool:
     """Whether a name of the test text is missing from the training text (the same question about another place
     or person: "What happens if you go to France?" against "... to Germany?"). A country's adjective or people
-    (``_NATIONALITIES``: "Chinese" for "China") stands for it, unless the test text uses that form itself ("In
+    (``_NATIONALITIES``: "Chinese" for "China") or the name with an adjective or plural ending (``_NAME_SUFFIXES``)
+    stands for it, unless the test text uses that form itself ("In
     France they speak French": the row's "French" is then the test's own word, not its "France")."""
     row, test = normalised(train_text), normalised(test_text)
 
+    row_words = set(words(row))
+
     def present(name: str) -> bool:
-        return contains_words(row, name) or any(contains_words(row, form) and not contains_words(test, form)
-                                                for form in _SAME_NAME.get(name, ()))
+        return (contains_words(row, name) or any(contains_words(row, form) and not contains_words(test, form)
+                                                 for form in _SAME_NAME.get(name, ()))
+                or any(w.startswith(name) and w[len(name):] in _NAME_SUFFIXES for w in row_words)
+                or any(name.startswith(w) and name[len(w):] in _NAME_SUFFIXES for w in row_words if len(w) > 2))
 
     return not all(present(n) for n in names(test_text, common))
 
@@ -287,22 +297,34 @@ _TRUTH_FRAME = re.compile(r"\b(?:true|accurate|correct|right)\s+or\s+(?:false|un
 _SELECTION = frozenset({"which", "following"})
 
 
+def ask_sentence(text: str) -> str:
+    """The sentence that asks: the last sentence with a question mark, else the last sentence (option lines left
+    out). A vignette's "She has no history of ..." is not the polarity of its "What is the next step?"."""
+    sentences = [s for s in SENTENCE_END.split(_OPTION_LINE.sub("", text).strip()) if s.strip()]
+    asking = [s for s in sentences if "?" in s]
+    return (asking or sentences or [""])[-1]
+
+
+# A leading condition is not the ask: "If the pesticide is no longer used, which ..." asks no negation.
+_LEADING_CLAUSE = re.compile(
+    r"^(?:if|when|whenever|unless|once|after|before|while|since|although|because)\b[^,?]*,\s*", re.I)
+
+
 def polarity(text: str) -> frozenset[str]:
-    """The polarity classes (negation, except, least, false) the text's question uses."""
-    present = set(words(_TRUTH_FRAME.sub(" ", text)))
+    """The polarity classes (negation, except, least, false) of the text's asking sentence (:func:`ask_sentence`),
+    a leading condition left out."""
+    present = set(words(_TRUTH_FRAME.sub(" ", _LEADING_CLAUSE.sub("", ask_sentence(text)))))
     return frozenset(name for name, members in _POLARITY.items() if present & members)
 
 
 def asks_differ(train_text: str, test_question: str) -> bool:
-    """Whether the row asks the opposite selection: the test question selects among options ("which", "following")
-    and the row's question differs from it in polarity (which is / which is NOT, EXCEPT, LEAST, false). Compared on
-    the questions only: the row's last paragraph without option lines, and the test item's stem. A free question
-    ("Why is it hard to ...?" / "Why can it not ...?") may be reworded with or without a negation, so it is not
-    compared."""
-    if not _SELECTION & set(words(test_question)):
+    """Whether the row asks the opposite selection: the test item's asking sentence selects among options ("which",
+    "following") and the row's asking sentence differs from it in polarity (which is / which is NOT, EXCEPT,
+    LEAST, false). A free question ("Why is it hard to ...?" / "Why can it not ...?") may be reworded with or
+    without a negation, so it is not compared."""
+    if not _SELECTION & set(words(ask_sentence(test_question))):
         return False
-    row_question = question_stem(_OPTION_LINE.sub("", train_text).strip())
-    return polarity(row_question) != polarity(test_question)
+    return polarity(question_stem(_OPTION_LINE.sub("", train_text).strip())) != polarity(test_question)
 
 
 # Spelled-out numbers are numbers: "a subgroup of order five" and "... of order seven" are two questions, and "six
@@ -354,15 +376,15 @@ def formulas(text: str) -> set[str]:
     for line in text.split("\n"):
         run: list[str] = []
         for raw in line.split() + [""]:
-            token = raw.strip(".;:?!\"'")
+            token = raw.strip(".;:?!\"'$")
             ends = raw.endswith(",")
             token = token.rstrip(",")
             if token and (_FORMULA.search(token) or _SYMBOL.match(token)):
                 run.append(token)
-                if _FORMULA.search(token):
+                if _FORMULA.search(token) and re.search(r"\w", token):
                     found.add(token)
             if not token or not (_FORMULA.search(token) or _SYMBOL.match(token)) or ends:
-                if any(_FORMULA.search(t) for t in run):
+                if any(_FORMULA.search(t) for t in run) and re.search(r"\w", "".join(run)):
                     found.add("".join(run))
                 run = []
     return found
