@@ -14,10 +14,10 @@ and threshold were chosen; heldout: not looked at while choosing), per benchmark
 F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with SmolLM2-135M as a
 judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
 
-``--check`` also scores the hand-written check set (data/contamination_detector_check.jsonl: 40 rewordings and 40
-same-topic questions written by hand, never used to choose a rule); ``--pool-lexical K`` compares with the rows' own
-test items and each row's K nearest items by shared content words instead of all 26k (for a machine too busy to
-embed them; the result records the pool).
+``--check`` also scores the three hand-written check sets (data/README.md: 80, 150 and 116 rows, half rewordings,
+half same-topic questions; ``check`` and ``check2`` have been used to choose rules, ``check3`` only to score them);
+``--pool-lexical K`` compares with the rows' own test items and each row's K nearest items by shared content words
+instead of all 26k (for a machine too busy to embed them; the result records the pool).
 
     .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--check] [--pool-lexical K] [--judge N]
 """
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
                          "verifier_ms_per_pair": round(1000 * (t_on - t_off) / max(1, verified), 3),
                          "load_average_before": load_before, "load_average_after": os.getloadavg()}}
     if args.check:
-        # the hand-written check set, scored once the rules were fixed (data/README.md)
+        # the hand-written check sets, one group per set (split=check, check2, check3)
         check_pieces = C.embed_pieces([C.question_text(r) for r in check_rows], items, "all-MiniLM-L6-v2", 16, cache,
                                       show_progress=False)
         check_table, _ = D.evaluate(check_rows, items, check_pieces, cfg, off)
@@ -218,5 +218,5 @@ if __name__ == "__main__":
     RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
     if "check_scores" in result:
-        print("\nHand-written check set:\n" + markdown(result, "check_scores"))
+        print("\nHand-written check sets:\n" + markdown(result, "check_scores"))
     print(json.dumps(result["timing"], indent=1))

@@ -180,16 +180,20 @@ def test_another_short_answer_and_other_options_count_against_the_same_question(
     assert evidence_score(0.9, 0.9, 0.0, "unknown", other_options=True) < evidence_score(0.9, 0.9, 0.0, "unknown")
 
 
-def test_the_check_set_is_apart_from_the_evaluation_set():
-    """The hand-written check set is an out-of-sample check only if it rewords other test items than the evaluation
-    set does, and it holds as many positives as negatives, each naming a real test item."""
-    from platypus_nb.contamination.detector_eval import load_check_rows
+def test_the_check_sets_are_apart_from_each_other_and_from_the_evaluation_set():
+    """A check set is an out-of-sample check only if it rewords other test items than the evaluation set and the
+    other check sets do; each holds as many positives as negatives, each naming a real test item."""
+    from platypus_nb.contamination.detector_eval import CHECK_FILES, load_check_rows
 
-    check = load_check_rows()
     known = {i.test_id for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") for i in C.load_test_set(name)}
-    assert sum(r["label"] for r in check) == 40 and len(check) == 80
-    assert {r["test_id"] for r in check} <= known
-    assert not {r["test_id"] for r in check} & {r["test_id"] for r in load_eval_rows()}
+    seen = {r["test_id"] for r in load_eval_rows()}
+    for name, size in zip(CHECK_FILES, (80, 150, 116)):
+        rows = load_check_rows([name])
+        assert len(rows) == size and 2 * sum(r["label"] for r in rows) == size
+        assert {r["split"] for r in rows} == {name}
+        ids = {r["test_id"] for r in rows}
+        assert ids <= known and not ids & seen
+        seen |= ids
 
 
 def test_the_lexical_pool_holds_the_rows_items_and_their_nearest_by_shared_words():
@@ -318,3 +322,38 @@ def test_evidence_3_finds_long_and_framed_rewordings_and_keeps_other_numbers_for
     missed = [r["id"] for i, r in enumerate(rows[:n_positive]) if r["test_id"] not in removed_with.get(i, ())]
     wrongly = [rows[i]["id"] for i in sorted(removed) if i >= n_positive]
     assert missed == [] and wrongly == []
+
+
+def test_the_ask_is_read_from_the_asking_sentence_without_a_leading_condition():
+    """A vignette's "she has no history of ..." and a condition's "if it is no longer used, ..." are not the ask's
+    polarity; "cannot have which of the following" and "Which of the following CANNOT" are the same ask."""
+    from platypus_nb.contamination.verifier import asks_differ, polarity
+
+    for row_id, test_id in [("reframed:mmlu:professional_medicine:36", "mmlu:professional_medicine:36"),
+                            ("voice_changed:arc_challenge:Mercury_7142415", "arc_challenge:Mercury_7142415"),
+                            ("voice_changed:mmlu:college_mathematics:12", "mmlu:college_mathematics:12")]:
+        (row,) = _rows(row_id)
+        item = _item(test_id)
+        assert not asks_differ(C.question_text(row), C.question_stem(item.text)), row_id
+    assert polarity("If the pesticide is no longer used, which will most likely happen?") == frozenset()
+    assert polarity("Which of the following statements does NOT describe it?") == {"negation"}
+    assert asks_differ("Which of these is not a renewable resource?", "Which of these is a renewable resource?")
+
+
+def test_math_delimiters_and_bare_operators_are_not_formulas():
+    from platypus_nb.contamination.verifier import formulas, formulas_differ
+
+    item = _item("mmlu:high_school_mathematics:131")  # "Rewrite the expression $6j^2 - 4j + 12$ ..."
+    (row,) = _rows("paraphrase:mmlu:high_school_mathematics:131")  # "Write 6j^2 - 4j + 12 as ..."
+    assert "6j^2" in formulas(item.text) and not any("$" in f for f in formulas(item.text))
+    assert not formulas_differ(C.question_text(row), item.text)
+    assert formulas("Hydrogen + Oxygen -> Water + Energy") == set()
+
+
+def test_a_name_with_an_adjective_or_plural_ending_is_the_same_name():
+    from platypus_nb.contamination.verifier import common_words, names_differ
+
+    common = common_words([i.text for i in C.load_test_set("mmlu")])
+    (row,) = _rows("synonyms:mmlu:prehistory:130")  # "... the core elements of Maya culture ..."
+    assert not names_differ(C.question_text(row), _item("mmlu:prehistory:130").text, common)  # "Mayan culture"
+    assert names_differ("What did Lyndon Johnson sign in 1964?", "What did Lyndon John sign in 1964?", common)

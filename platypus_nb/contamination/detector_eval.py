@@ -136,13 +136,16 @@ def load_eval_rows() -> list[dict]:
     return read_jsonl(data_file(EVAL_FILE))
 
 
-CHECK_FILE = "contamination_detector_check.jsonl"
+# The hand-written check sets, by the split name their rows carry (data/README.md): each was written for test items
+# none of the others and the evaluation set use. "check" and "check2" have since been used to choose rules;
+# "check3" was scored once, after the rules of evidence-3 were fixed.
+CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contamination_detector_check2.jsonl",
+               "check3": "contamination_detector_check3.jsonl"}
 
 
-def load_check_rows() -> list[dict]:
-    """The hand-written check set (checksum-verified): 40 rewordings and 40 same-topic questions for test items the
-    evaluation set does not use, kept apart from every choice of rule (data/README.md)."""
-    return read_jsonl(data_file(CHECK_FILE))
+def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
+    """The rows of the named hand-written check sets (checksum-verified), each row's ``split`` its set's name."""
+    return [row | {"split": name} for name in names for row in read_jsonl(data_file(CHECK_FILES[name]))]
 
 
 def split_of(row_id: str) -> str:
@@ -472,8 +475,9 @@ def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]])
     """Precision / recall / F1 and the share of negatives removed, per detector, over all rows, per split, per
     benchmark and per kind (one row per group and detector)."""
     groups: dict[str, Callable[[dict], bool]] = {"all": lambda r: True}
-    groups |= {f"split={s}": (lambda r, s=s: r["split"] == s) for s in ("dev", "heldout")
-               if any(r["split"] == s for r in rows)}
+    splits = list(dict.fromkeys(r["split"] for r in rows))  # dev / heldout, or the check sets, in order
+    if len(splits) > 1:
+        groups |= {f"split={s}": (lambda r, s=s: r["split"] == s) for s in splits}
     groups |= {f"benchmark={b}": (lambda r, b=b: r["benchmark"] == b) for b in sorted({r["benchmark"] for r in rows})}
     kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
     kinds += sorted({r["kind"] for r in rows} - set(kinds))  # the check set's own kinds
@@ -509,12 +513,12 @@ def evaluate(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cf
 
 
 def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model: str, batch_size: int,
-                      cache: Optional[EmbeddingCache] = None) -> pd.DataFrame:
-    """The vendored evaluation set through :func:`evaluate` against the leaderboard items among ``items`` (all of
-    them must be there, else rewordings would have nothing to match), as one table: a row per group, columns
-    (detector, measure)."""
+                      cache: Optional[EmbeddingCache] = None, rows: Optional[list[dict]] = None) -> pd.DataFrame:
+    """The vendored evaluation set (or ``rows``, e.g. :func:`load_check_rows`) through :func:`evaluate` against the
+    leaderboard items among ``items`` (all of them must be there, else rewordings would have nothing to match), as
+    one table: a row per group, columns (detector, measure)."""
     leaderboard = [it for it in items if it.test_set in LEADERBOARD_TEST_SETS]
-    rows = load_eval_rows()
+    rows = load_eval_rows() if rows is None else rows
     pieces = embed_pieces([question_text(r) for r in rows], leaderboard, model, batch_size, cache,
                           show_progress=False)
     table, _ = evaluate(rows, leaderboard, pieces, replace(cfg, review_file=None),
