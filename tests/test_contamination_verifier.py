@@ -357,3 +357,15 @@ def test_a_name_with_an_adjective_or_plural_ending_is_the_same_name():
     (row,) = _rows("synonyms:mmlu:prehistory:130")  # "... the core elements of Maya culture ..."
     assert not names_differ(C.question_text(row), _item("mmlu:prehistory:130").text, common)  # "Mayan culture"
     assert names_differ("What did Lyndon Johnson sign in 1964?", "What did Lyndon John sign in 1964?", common)
+
+
+def test_an_arithmetic_expression_is_a_formula_and_another_one_is_another_question():
+    """A MATH row "If $2^8=4^x$, what is the value of $x$?" shares the answer 4 and the word "value" with the MMLU
+    item "Find the value of 4 ÷ 2 • 2 + 8 − 4." (the tiny build removed it once bare operators stopped counting):
+    the item's expression, numbers included, is what the row lacks."""
+    from platypus_nb.contamination.verifier import formulas, formulas_differ
+
+    item = _item("mmlu:elementary_mathematics:20")
+    assert formulas(item.text) == {"4÷2•2+8−4"}
+    assert formulas_differ("If $2^8=4^x$, what is the value of $x$?", item.text)
+    assert not formulas_differ(item.text.replace("4 ÷ 2", "4÷2"), item.text)

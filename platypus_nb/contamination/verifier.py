@@ -363,15 +363,18 @@ def numbers_differ(train_text: str, item: TestItem) -> bool:
     return bool(numbers(question_stem(item.text)) - numbers(train_text)) or other_numbers(train_text, item)
 
 
-_FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>]")
-# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)".
+_FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
+# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)"; a number, perhaps bracketed.
 _SYMBOL = re.compile(r"^[(\[~¬]*[A-Z][)\]]*$")
+_NUMERIC = re.compile(r"^[(\[]*-?\d+(?:\.\d+)?[)\]]*$")
 
 
 def formulas(text: str) -> set[str]:
     """The formulas of a text without their spaces: per line, each maximal run of tokens that have a logic or math
-    operator (``_FORMULA``) or are a propositional letter (``_SYMBOL``), when the run has an operator; a comma
-    ends a run. "~C ⊃ D" and "A ⊃ (~B ≡ C)" are formulas; so is each token with an operator alone."""
+    operator (``_FORMULA``), are a propositional letter (``_SYMBOL``) or a number, when the run has an operator and
+    a letter or digit; a comma ends a run. "~C ⊃ D", "A ⊃ (~B ≡ C)" and "4 ÷ 2 • 2 + 8 − 4" are formulas, and so is
+    each token with an operator and a letter or digit ("6j^2"); math delimiters ("$") are not part of them, and a
+    bare operator between words ("Hydrogen + Oxygen -> Water") is not a formula."""
     found = set()
     for line in text.split("\n"):
         run: list[str] = []
@@ -379,11 +382,12 @@ def formulas(text: str) -> set[str]:
             token = raw.strip(".;:?!\"'$")
             ends = raw.endswith(",")
             token = token.rstrip(",")
-            if token and (_FORMULA.search(token) or _SYMBOL.match(token)):
+            member = bool(token) and bool(_FORMULA.search(token) or _SYMBOL.match(token) or _NUMERIC.match(token))
+            if member:
                 run.append(token)
                 if _FORMULA.search(token) and re.search(r"\w", token):
                     found.add(token)
-            if not token or not (_FORMULA.search(token) or _SYMBOL.match(token)) or ends:
+            if not member or ends:
                 if any(_FORMULA.search(t) for t in run) and re.search(r"\w", "".join(run)):
                     found.add("".join(run))
                 run = []
