@@ -364,8 +364,9 @@ def numbers_differ(train_text: str, item: TestItem) -> bool:
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
-# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)"; a number, perhaps bracketed.
+# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)".
 _SYMBOL = re.compile(r"^[(\[~¬]*[A-Z][)\]]*$")
+# A number, perhaps signed or bracketed: "4", "-2.5", "(3)".
 _NUMERIC = re.compile(r"^[(\[]*-?\d+(?:\.\d+)?[)\]]*$")
 
 
