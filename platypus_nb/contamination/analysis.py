@@ -93,7 +93,6 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         row, item = rows[p.train_index], items[p.test_index]
         text = question_text(row)
         agreement = answer_agreement(row["output"], item)
-        differ = numbers_differ(text, item.text)
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's; a row with numbers the
             # item has nowhere asks another instance of its template (verifier.numbers_differ)
@@ -102,6 +101,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
             # another place or person, or another question on the same passage: shared n-grams are no evidence
             differ = v.numbers_differ or (v.question_differs and not p.exact)
         else:
+            differ = numbers_differ(text, item.text)
             overlap, options, score, same = float("nan"), float("nan"), float("nan"), None
         if p.method == "segment" and not same:
             continue

@@ -2,8 +2,8 @@
 the same topic? The rules and their measured precision / recall are in docs/contamination.md.
 
 Stage one (:func:`recall_candidates`) retrieves, for every training row and each of its pieces (whole text, the text
-without instruction framing, chunks of a long row), the ``top_k`` nearest test items over theirs (whole text, question stem after a passage), above a
-similarity floor well below the removal threshold. It finds rewordings the whole-text embedding misses: a stem asked
+without instruction framing, chunks of a long row), the ``top_k`` nearest test items over theirs (whole text,
+question stem after a passage), above a similarity floor well below the removal threshold. It finds rewordings the whole-text embedding misses: a stem asked
 without its passage, a question buried in a long row.
 
 Stage two is the *evidence verifier*: no model, a decision over evidence that is cheap to compute and that an
