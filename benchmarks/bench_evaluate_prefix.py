@@ -3,14 +3,14 @@
 Both scorers wrap the same loaded SmolLM2-135M (the config's dtype and batch size, no BOS, as step 05 runs them).
 Per task, lm-eval builds the requests once (the config's shots; ``--limit`` questions per task, per MMLU subject;
 few-shot seed 1234), then the two scorers take turns on the identical list (``--repeats`` times, alternating which
-goes first, so that load from other work falls on both alike). Recorded per task: requests, wall and CPU seconds, requests/s for
-each, the speed-up and the largest absolute difference of any log-likelihood and whether any greedy flag differs.
-The load average is recorded before and after: the cores may be shared, so compare ratios, not seconds.
+goes first, so that load from other work falls on both alike). Recorded per task: requests, wall and CPU seconds,
+requests/s for each, the speed-up and the largest absolute difference of any log-likelihood and whether any greedy
+flag differs. The load average is recorded before and after: the cores may be shared, so compare ratios, not seconds.
 
-Run: ``.venv/bin/python benchmarks/bench_evaluate_prefix.py [--limit N] [--config NAME]`` (``--limit 4``: the table of
-``benchmarks/README.md``, kept at the setting first measured; the tiny config itself now scores 24). Writes
-``benchmarks/results/evaluate_prefix.json`` (``evaluate_prefix_<config>_limit<N>.json`` for other settings) and prints the
-markdown table of ``benchmarks/README.md``'s "Prefix caching" section.
+Run: ``.venv/bin/python benchmarks/bench_evaluate_prefix.py [--limit N] [--config NAME]`` (``--limit 24``: the tiny
+config's own setting, the first table of ``benchmarks/README.md``; ``--limit 4``: its second, the setting first
+measured). Writes ``benchmarks/results/evaluate_prefix.json`` (``evaluate_prefix_<config>_limit<N>.json`` for other
+settings) and prints the markdown table of ``benchmarks/README.md``'s "Prefix caching" section.
 """
 
 from __future__ import annotations
