@@ -369,3 +369,57 @@ def test_an_arithmetic_expression_is_a_formula_and_another_one_is_another_questi
     assert formulas(item.text) == {"4÷2•2+8−4"}
     assert formulas_differ("If $2^8=4^x$, what is the value of $x$?", item.text)
     assert not formulas_differ(item.text.replace("4 ÷ 2", "4÷2"), item.text)
+
+
+# ----------------------------------------------------------------------------- rules of evidence-4, on real rows
+
+
+def test_an_answer_in_other_words_is_the_items_answer_and_another_option_is_not():
+    from platypus_nb.contamination.verifier import answer_in_other_words_possible, answers_in_other_words
+    from platypus_nb.embeddings import embed_texts
+
+    density = _item("mmlu:conceptual_physics:142")  # "... its density would": halve. / double. / be the same.
+    cache = EmbeddingCache("all-MiniLM-L6-v2")
+
+    def encode(texts):
+        return embed_texts(texts, "all-MiniLM-L6-v2", 16, cache, show_progress=False)
+
+    outputs = ["It is halved.", "It becomes twice as large.", "It stays exactly as it was."]
+    assert all(answer_in_other_words_possible(o, density) for o in outputs)
+    assert answers_in_other_words(outputs, [density] * 3, encode) == [True, False, False]
+    assert not answer_in_other_words_possible("word " * 41, density)  # an explanation, not an answer
+    open_question = C.TestItem("math_test", "math_test:x", "What is 6 divided by 3?", answer="2")
+    assert not answer_in_other_words_possible("It is two.", open_question)  # no options to choose among
+
+
+def test_evidence_4_finds_free_rewordings_and_keeps_their_same_topic_negatives():
+    """Pairs evidence-3 missed, from check sets 2 and 4 (development data since they were scored): an answer in
+    other words ("It is halved." for "halve."), a passage item's question asked with a one-line summary of its
+    passage, and rewordings at or above the embedding threshold with no visible difference and an answer in words
+    of their own; same-topic negatives of check sets 2 and 4, the same topics and passages asked otherwise, stay."""
+    positives = ["voice_changed:mmlu:conceptual_physics:142", "stem_only:mmlu:high_school_us_history:47",
+                 "paraphrase:truthfulqa:354", "paraphrase:arc_challenge:Mercury_7120873"]
+    negatives = ["other_ask:mmlu:conceptual_physics:142:neg", "other_ask:mmlu:high_school_us_history:47:neg",
+                 "other_ask:truthfulqa:354:neg", "other_ask:mmlu:high_school_psychology:215:neg"]
+    rows = _rows(*positives, *negatives)
+    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
+    have = {i.test_id for i in items}
+    items += [_item(t) for t in sorted({r["test_id"] for r in rows} - have)]
+    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
+    removed, removed_with = _run(rows, items, cfg)
+    missed = [r["id"] for i, r in enumerate(rows[:len(positives)]) if r["test_id"] not in removed_with.get(i, ())]
+    wrongly = [rows[i]["id"] for i in sorted(removed) if i >= len(positives)]
+    assert missed == [] and wrongly == []
+
+
+def test_a_fill_in_blank_is_not_a_formula_and_a_long_name_may_change_one_letter():
+    from platypus_nb.contamination.verifier import common_words, formulas, names_differ
+
+    assert formulas("The ________ School of jurisprudence asserts that the law is a means") == set()
+    assert formulas("If ~C ⊃ D and ____ then") == {"~C", "~C⊃D"}
+    common = common_words([i.text for i in C.load_test_set("mmlu")])
+    test = _item("mmlu:world_religions:31").text  # "After the Bar Kochba revolt, where were the two main ..."
+    (row,) = _rows("paraphrase:mmlu:world_religions:31")
+    assert not names_differ(C.question_text(row), test, common)  # "Once the Bar Kokhba uprising had been ..."
+    assert names_differ(C.question_text(row).replace("Kokhba", "Kokhbar"), test, common)  # two letters
+    assert names_differ("What is the capital of Iraq?", "What is the capital of Iran?", common)  # short: differs

@@ -24,7 +24,8 @@ from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.report import dataset_card
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
 from platypus_nb.contracts import question_text
-from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, common_words, recall_candidates,
+from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, answer_in_other_words_possible,
+                                                answers_in_other_words, common_words, recall_candidates,
                                                 segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, atomic_write_text, write_jsonl
@@ -88,11 +89,11 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
     pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
     common = common_words([item.text for item in items]) if verifying else set()
+    agreements = _agreements(rows, items, pairs, cfg, pieces if verifying else None)
     records = []
-    for p in pairs.itertuples(index=False):
+    for p, agreement in zip(pairs.itertuples(index=False), agreements):
         row, item = rows[p.train_index], items[p.test_index]
         text = question_text(row)
-        agreement = answer_agreement(row["output"], item)
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's; a row with numbers the
             # item has nowhere asks another instance of its template (verifier.numbers_differ)
@@ -118,6 +119,25 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
     flagged = pd.DataFrame.from_records(records, columns=[c for c in FLAGGED_COLUMNS
                                                           if c not in ("category", "reviewed", "removed")])
     return apply_decisions(flagged, cfg, review or {})
+
+
+def _agreements(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], pairs: pd.DataFrame,
+                cfg: ContaminationConfig, pieces: Optional[Pieces]) -> list[str]:
+    """Each pair's ``answer_agreement``; with the verifier, a pair at or above the embedding threshold whose short
+    answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other words
+    (:func:`verifier.answers_in_other_words`)."""
+    found = [answer_agreement(rows[r]["output"], items[t]) for r, t in zip(pairs["train_index"], pairs["test_index"])]
+    if pieces is None or pieces.encode is None:
+        return found
+    triples = zip(pairs["train_index"], pairs["test_index"], pairs["segment_similarity"])
+    ask = [(n, r, t) for n, (r, t, sim) in enumerate(triples) if found[n] in ("unknown", "other")
+           and sim >= cfg.threshold and answer_in_other_words_possible(rows[r]["output"], items[t])]
+    said = answers_in_other_words([rows[r]["output"] for _, r, _ in ask], [items[t] for _, _, t in ask],
+                                  pieces.encode)
+    for (n, _, _), same in zip(ask, said):
+        if same:
+            found[n] = "same_meaning"
+    return found
 
 
 def _record(train_index: int, row: dict[str, Any], benchmark: str, test_id: str, test_text: str, similarity: float,

@@ -140,7 +140,7 @@ def load_eval_rows() -> list[dict]:
 # none of the others and the evaluation set use. "check" and "check2" have since been used to choose rules;
 # "check3" was scored once, after the rules of evidence-3 were fixed.
 CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contamination_detector_check2.jsonl",
-               "check3": "contamination_detector_check3.jsonl"}
+               "check3": "contamination_detector_check3.jsonl", "check4": "contamination_detector_check4.jsonl"}
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
