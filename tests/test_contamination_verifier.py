@@ -397,12 +397,16 @@ def test_an_answer_in_other_words_is_the_items_answer_and_another_option_is_not(
 def test_evidence_4_finds_free_rewordings_and_keeps_their_same_topic_negatives():
     """Pairs evidence-3 missed, from check sets 2 and 4 (development data since they were scored): an answer in
     other words ("It is halved." for "halve."), a passage item's question asked with a one-line summary of its
-    passage, and rewordings at or above the embedding threshold with no visible difference and an answer in words
-    of their own; same-topic negatives of check sets 2 and 4, the same topics and passages asked otherwise, stay."""
+    passage, rewordings at or above the embedding threshold with no visible difference and an answer in words
+    of their own, and rewordings below it that give the item's answer, in its words ("Palestine and Babylonia")
+    or in others (a HellaSwag ending retold), with some of its words; same-topic negatives of check sets 2 and 4,
+    the same topics and passages asked otherwise, stay."""
     positives = ["voice_changed:mmlu:conceptual_physics:142", "stem_only:mmlu:high_school_us_history:47",
-                 "paraphrase:truthfulqa:354", "paraphrase:arc_challenge:Mercury_7120873"]
+                 "paraphrase:truthfulqa:354", "paraphrase:arc_challenge:Mercury_7120873",
+                 "paraphrase:mmlu:world_religions:31", "paraphrase:hellaswag:3158"]
     negatives = ["other_ask:mmlu:conceptual_physics:142:neg", "other_ask:mmlu:high_school_us_history:47:neg",
-                 "other_ask:truthfulqa:354:neg", "other_ask:mmlu:high_school_psychology:215:neg"]
+                 "other_ask:truthfulqa:354:neg", "other_ask:mmlu:high_school_psychology:215:neg",
+                 "other_ask:mmlu:world_religions:31:neg", "other_ask:hellaswag:3158:neg"]
     rows = _rows(*positives, *negatives)
     items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
     have = {i.test_id for i in items}

@@ -24,9 +24,9 @@ from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.report import dataset_card
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
 from platypus_nb.contracts import question_text
-from platypus_nb.contamination.verifier import (VERIFIER_VERSION, Pieces, answer_in_other_words_possible,
-                                                answers_in_other_words, common_words, recall_candidates,
-                                                segment_similarity, verify)
+from platypus_nb.contamination.verifier import (NEAR_SIMILARITY, VERIFIER_VERSION, Pieces,
+                                                answer_in_other_words_possible, answers_in_other_words, common_words,
+                                                recall_candidates, segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, atomic_write_text, write_jsonl
 
@@ -123,15 +123,15 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
 
 def _agreements(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], pairs: pd.DataFrame,
                 cfg: ContaminationConfig, pieces: Optional[Pieces]) -> list[str]:
-    """Each pair's ``answer_agreement``; with the verifier, a pair at or above the embedding threshold whose short
-    answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other words
-    (:func:`verifier.answers_in_other_words`)."""
+    """Each pair's ``answer_agreement``; with the verifier, a pair at ``verifier.NEAR_SIMILARITY`` or above whose
+    short answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other
+    words (:func:`verifier.answers_in_other_words`)."""
     found = [answer_agreement(rows[r]["output"], items[t]) for r, t in zip(pairs["train_index"], pairs["test_index"])]
     if pieces is None or pieces.encode is None:
         return found
     triples = zip(pairs["train_index"], pairs["test_index"], pairs["segment_similarity"])
     ask = [(n, r, t) for n, (r, t, sim) in enumerate(triples) if found[n] in ("unknown", "other")
-           and sim >= cfg.threshold and answer_in_other_words_possible(rows[r]["output"], items[t])]
+           and sim >= NEAR_SIMILARITY and answer_in_other_words_possible(rows[r]["output"], items[t])]
     said = answers_in_other_words([rows[r]["output"] for _, r, _ in ask], [items[t] for _, _, t in ask],
                                   pieces.encode)
     for (n, _, _), same in zip(ask, said):

@@ -289,12 +289,15 @@ def evidence_score(segment_sim: float, overlap: float, options: float, agreement
 
 # The item's answer in other words ("It is halved." for "halve", "to attract prey" for "attracting prey"): a
 # training output of at most ANSWER_MAX_WORDS words whose nearest option (cosine) is the correct one, at
-# ANSWER_MIN_SIMILARITY or more and ANSWER_MARGIN ahead of every other option. Asked only for pairs at or above the
-# embedding threshold (analysis.flag_pairs): below it, where a same-topic question with the same answer is common
-# ("zero economic profit" answers two long-run questions), the answer must be given in the item's words. Chosen on
-# the evaluation set's dev half and check sets 1 and 2 (docs/contamination.md).
+# ANSWER_MIN_SIMILARITY or more and ANSWER_MARGIN ahead of every other option. Asked only for pairs at
+# NEAR_SIMILARITY or above (analysis.flag_pairs), where it can decide (:func:`verify`).
 SAME_ANSWER = frozenset({"same", "same_meaning"})
 ANSWER_MIN_SIMILARITY, ANSWER_MARGIN, ANSWER_MAX_WORDS = 0.7, 0.1, 40
+# A row that gives the item's answer, in its words or in other words, is near it in embedding (NEAR_SIMILARITY)
+# and uses some of its content words (NEAR_OVERLAP) is that question reworded, unless a difference shows: how a
+# free rewording looks (most words changed, the answer kept), below the embedding threshold. Chosen with the other
+# evidence-4 rules on the evaluation set's dev half and check sets 1-5 (docs/contamination.md).
+NEAR_SIMILARITY, NEAR_OVERLAP = 0.65, 0.3
 
 
 def answer_in_other_words_possible(output: str, item: TestItem) -> bool:
@@ -504,7 +507,10 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     above ``threshold``, no such difference and no other numbers; and a pair whose best similarity is below the
     embedding rule's ``similarity_threshold`` also needs the row to give the item's answer in its words
     (``agreement`` "same"): below it, the embedding says "same topic", and the words a short question shares with a
-    row on its topic ("the lunar maria", "sound travels") do not say "same ask"."""
+    row on its topic ("the lunar maria", "sound travels") do not say "same ask". Without a difference, a pair at or
+    above ``similarity_threshold`` whose row gives no other answer is the same question whatever its score, and so
+    is a pair at ``NEAR_SIMILARITY`` or above whose row gives the item's answer and uses ``NEAR_OVERLAP`` of its
+    words."""
     row = strip_framing(train_text)
     piece, is_stem = compared_piece(row, item)
     if is_stem:
@@ -524,5 +530,6 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     # At or above the embedding threshold the paper's rule already calls the pair the same question: the verifier
     # keeps it so unless it sees a difference, the score deciding only below it.
     unrefuted = segment_sim >= similarity_threshold and agreement not in ("other", "different")
-    same = (score >= threshold and corroborated or unrefuted) and not differs and not other
+    answered = agreement in SAME_ANSWER and segment_sim >= NEAR_SIMILARITY and overlap >= NEAR_OVERLAP
+    same = (score >= threshold and corroborated or unrefuted or answered) and not differs and not other
     return Verdict(overlap, options, score, same, differs, other)
