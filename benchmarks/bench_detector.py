@@ -143,20 +143,16 @@ def run(args: argparse.Namespace) -> dict:
                                       show_progress=False)
         check_table, _ = D.evaluate(check_rows, items, check_pieces, cfg, off)
         result["check_scores"] = check_table.to_dict(orient="records")
-    if args.sweep or args.judge:
-        low = load_config("tiny", {"contamination.review_file": None,
-                                   "contamination.verifier_threshold": 1e-3}).contamination
-        every = C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, low,
-                             pieces=pieces)
     if args.sweep:
+        # step 02 itself at each threshold: the score is one of the verifier's three ways to "the same question"
         dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
         remap = {old: new for new, old in enumerate(dev)}
         sweep = {}
         for theta in np.arange(0.9, 2.21, 0.05):
-            f = every.copy()
-            verified_same = f["verifier_same"].astype(str) == "True"
-            f["removed"] = (f["category"] == "duplicate") & (f["benchmark"] != "eval_split_source") | (
-                (f["category"] == "gray_area") & verified_same & (f["verifier_score"] >= theta))
+            at = load_config("tiny", {"contamination.review_file": None,
+                                      "contamination.verifier_threshold": float(theta)}).contamination
+            f = C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, at,
+                             pieces=pieces)
             gone = {remap[i]: v for i, v in D.removals(f).items() if i in remap}
             sweep[f"{theta:.2f}"] = D.scores([rows[i] for i in dev], set(gone), gone)
             s = sweep[f"{theta:.2f}"]
@@ -164,6 +160,10 @@ def run(args: argparse.Namespace) -> dict:
                   f"negatives removed {s['negatives_removed']:.3f}")
         result["sweep_dev"] = sweep
     if args.judge:
+        low = load_config("tiny", {"contamination.review_file": None,
+                                   "contamination.verifier_threshold": 1e-3}).contamination
+        every = C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, low,
+                             pieces=pieces)
         # pairs the verifier had to decide (not settled by the lexical, number or answer rules), dev half
         open_pairs = every[(every["category"] == "gray_area")
                            & every["train_index"].map(lambda i: rows[i]["split"] == "dev")]

@@ -141,7 +141,7 @@ def load_eval_rows() -> list[dict]:
 # data, used to choose the next rules, except the newest (docs/contamination.md, "The detector evaluation set").
 CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contamination_detector_check2.jsonl",
                "check3": "contamination_detector_check3.jsonl", "check4": "contamination_detector_check4.jsonl",
-               "check5": "contamination_detector_check5.jsonl"}
+               "check5": "contamination_detector_check5.jsonl", "check6": "contamination_detector_check6.jsonl"}
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
