@@ -3,18 +3,19 @@ the same topic? The rules and their measured precision / recall are in docs/cont
 
 Stage one (:func:`recall_candidates`) retrieves, for every training row and each of its pieces (whole text, the text
 without instruction framing, chunks of a long row), the ``top_k`` nearest test items over theirs (whole text,
-question stem after a passage), above a similarity floor well below the removal threshold. It finds rewordings the whole-text embedding misses: a stem asked
-without its passage, a question buried in a long row.
+question stem after a passage), above a similarity floor well below the removal threshold. It finds rewordings
+the whole-text embedding misses: a stem asked without its passage, a question buried in a long row.
 
-Stage two is the *evidence verifier*: no model, a decision over evidence that is cheap to compute and that an
-embedding cannot see: how many of the test question's content words the row uses (a rewording keeps most of its
+Stage two is the *evidence verifier*: no judge model, a decision over evidence that is cheap to compute and that
+an embedding cannot see: how many of the test question's content words the row uses (a rewording keeps most of its
 terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
-item's options or lists others, and whether its answer is the test item's answer or another one.
-``verifier_score`` is a weighted sum of them; a pair is the same question at or above ``verifier_threshold``,
-unless a name, a formula, a number or the polarity of the ask differs, or the row does not ask the question stem of
-an item compared by its stem, or the pair is below the embedding threshold and the row does not give the item's
-answer (:func:`verify`).
-Models were measured against it on the evaluation set (benchmarks/README.md): see docs/contamination.md for why this one is the default.
+item's options or lists others, and whether its answer is the test item's answer (in its words, or in other words
+by the embedding of the answer against the options) or another one. ``verifier_score`` is a weighted sum of them.
+A pair is the same question when no name, formula, number or polarity of the ask differs and the row asks the stem
+of an item compared by its stem, and either the score reaches ``verifier_threshold`` (below the embedding threshold
+only with the item's answer in its words), or the pair is at the embedding threshold with no other answer, or the
+row gives the item's answer near it in embedding and words (:func:`verify`). Models and a fitted rule were
+measured against it (benchmarks/README.md); docs/contamination.md says why this one is the default.
 """
 
 from __future__ import annotations
@@ -422,9 +423,9 @@ def numbers_differ(train_text: str, item: TestItem) -> bool:
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
-# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)".
 # A fill-in blank ("The ________ School of jurisprudence"): a gap a rewording asks about in words, not a formula.
 _BLANK = re.compile(r"_{2,}")
+# A propositional letter, perhaps negated or bracketed: "A", "(~B", "C)".
 _SYMBOL = re.compile(r"^[(\[~¬]*[A-Z][)\]]*$")
 # A number, perhaps signed or bracketed: "4", "-2.5", "(3)".
 _NUMERIC = re.compile(r"^[(\[]*-?\d+(?:\.\d+)?[)\]]*$")
