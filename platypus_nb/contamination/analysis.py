@@ -127,7 +127,7 @@ def _agreements(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], pairs
     short answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other
     words (:func:`verifier.answers_in_other_words`)."""
     found = [answer_agreement(rows[r]["output"], items[t]) for r, t in zip(pairs["train_index"], pairs["test_index"])]
-    if pieces is None or pieces.encode is None:
+    if pieces is None:
         return found
     triples = zip(pairs["train_index"], pairs["test_index"], pairs["segment_similarity"])
     ask = [(n, r, t) for n, (r, t, sim) in enumerate(triples) if found[n] in ("unknown", "other")

@@ -201,7 +201,7 @@ def test_pieces(items: Sequence[TestItem]) -> tuple[list[str], np.ndarray]:
 class Pieces:
     """Embedded pieces of both sides and the row / item each belongs to; the first pieces are the whole texts.
     ``encode`` embeds further texts with the same model and cache (stage two's answers in other words,
-    :func:`answers_in_other_words`); None: answers are compared by their words only."""
+    :func:`answers_in_other_words`)."""
 
     train_emb: np.ndarray
     train_owner: np.ndarray
@@ -209,7 +209,7 @@ class Pieces:
     test_owner: np.ndarray
     n_train: int
     n_test: int
-    encode: Optional[Callable[[Sequence[str]], np.ndarray]] = None
+    encode: Callable[[Sequence[str]], np.ndarray]
 
     @property
     def train_whole(self) -> np.ndarray:
