@@ -23,7 +23,7 @@ PINNED_POSITIVES = MISSED_BEFORE + ["voice_changed:truthfulqa:88", "voice_change
 # (the last: the same passage and a near-identical stem, another answer that is none of the test item's options)
 REMOVED_BEFORE = ["same_subject:mmlu_validation:high_school_world_history:654",
                   "same_subject:mmlu_validation:high_school_world_history:659", "other_entity:truthfulqa:680",
-                  "other_entity:truthfulqa:734", "same_subject:mmlu_validation:high_school_world_history:641"]
+                  "other_entity:truthfulqa:175", "same_subject:mmlu_validation:high_school_world_history:641"]
 PINNED_NEGATIVES = REMOVED_BEFORE + ["same_subject:mmlu_validation:professional_law:1288",
                                      "arc_validation:Mercury_7245893", "other_numbers:mmlu:high_school_mathematics:64"]
 
@@ -187,7 +187,7 @@ def test_the_check_sets_are_apart_from_each_other_and_from_the_evaluation_set():
 
     known = {i.test_id for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") for i in C.load_test_set(name)}
     seen = {r["test_id"] for r in load_eval_rows()}
-    sizes = {"check": 80, "check2": 150, "check3": 116, "check4": 200, "check5": 120, "check6": 160, "check7": 120}
+    sizes = {"check": 80, "check2": 150, "check3": 116, "check4": 200, "check5": 120, "check6": 160, "check7": 120, "check8": 120}
     assert list(sizes) == list(CHECK_FILES)
     for name, size in sizes.items():
         rows = load_check_rows([name])
@@ -429,3 +429,35 @@ def test_a_fill_in_blank_is_not_a_formula_and_a_long_name_may_change_one_letter(
     assert not names_differ(C.question_text(row), test, common)  # "Once the Bar Kokhba uprising had been ..."
     assert names_differ(C.question_text(row).replace("Kokhba", "Kokhbar"), test, common)  # two letters
     assert names_differ("What is the capital of Iraq?", "What is the capital of Iran?", common)  # short: differs
+
+
+def test_a_bare_letter_answer_is_the_rows_own_option_of_that_letter():
+    from platypus_nb.contamination.categories import answer_agreement, lettered_answer
+
+    (row,) = _rows("options_reordered:arc_challenge:Mercury_7180810")  # options reordered, answered "C"
+    item, text = _item(row["test_id"]), C.question_text(row)
+    assert row["output"] == "C" and answer_agreement("C", item) == "other"
+    picked = lettered_answer("C", text)
+    assert picked == "The burning magnesium gave off light."  # the row's C, the item's "produced light"
+    assert answer_agreement(picked, item) == "unknown"  # no longer reads as another answer
+    assert lettered_answer("Answer: (c)", text) == picked and lettered_answer("E", text) == "E"  # no option E
+    assert lettered_answer("C is right", text) == "C is right"  # not a bare letter
+
+
+def test_negatives_the_audit_judged_to_ask_a_test_question_count_as_positives():
+    """A rule-made negative that still asks a test item's question (only a scenario label and a year changed) is a
+    positive for every item the audit judged it to ask, and found when removed by a pair with any of them."""
+    built = {r["id"]: r for r in load_eval_rows(audited=False)}
+    audited = load_eval_rows()
+    judged = [r for r in audited if r["kind"] == "judged_same"]
+    assert len(judged) == 42 and all(built[r["id"]]["label"] == 0 and r["label"] == 1 for r in judged)
+    assert sum(r["label"] for r in audited) == sum(r["label"] for r in built.values()) + 42
+    by_id = {r["id"]: r for r in audited}
+    moral = by_id["other_numbers:mmlu:moral_scenarios:7"]
+    assert (moral["built_kind"], moral["same_as"]) == ("other_numbers", ["mmlu:moral_scenarios:7"])
+    photosynthesis = by_id["arc_validation:Mercury_SC_LBS10040"]  # "What does photosynthesis produce ...?" sugar
+    assert len(photosynthesis["same_as"]) == 3 and photosynthesis["test_id"] == photosynthesis["same_as"][0]
+    assert scores([photosynthesis], {0}, {0: {photosynthesis["same_as"][2]}})["tp"] == 1
+    assert scores([photosynthesis], {0}, {0: {"arc_challenge:Mercury_SC_407572"}})["fn"] == 1  # judged different
+    kept = by_id["other_entity:truthfulqa:175"]  # "Who built the pyramids in Norway?": judged another question
+    assert kept == built[kept["id"]] and kept["label"] == 0

@@ -19,7 +19,7 @@ import pandas as pd
 
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
 from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, item_coverage,
-                                                  numbers_differ, suggest_category, unknown_review_items)
+                                                  lettered_answer, numbers_differ, suggest_category, unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.report import dataset_card
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash
@@ -123,17 +123,18 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
 
 def _agreements(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], pairs: pd.DataFrame,
                 cfg: ContaminationConfig, pieces: Optional[Pieces]) -> list[str]:
-    """Each pair's ``answer_agreement``; with the verifier, a pair at ``verifier.NEAR_SIMILARITY`` or above whose
+    """Each pair's ``answer_agreement``, a bare option letter read as the row's own option of that letter
+    (:func:`categories.lettered_answer`); with the verifier, a pair at ``verifier.NEAR_SIMILARITY`` or above whose
     short answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other
     words (:func:`verifier.answers_in_other_words`)."""
-    found = [answer_agreement(rows[r]["output"], items[t]) for r, t in zip(pairs["train_index"], pairs["test_index"])]
+    outputs = {r: lettered_answer(rows[r]["output"], question_text(rows[r])) for r in set(pairs["train_index"])}
+    found = [answer_agreement(outputs[r], items[t]) for r, t in zip(pairs["train_index"], pairs["test_index"])]
     if pieces is None:
         return found
     triples = zip(pairs["train_index"], pairs["test_index"], pairs["segment_similarity"])
     ask = [(n, r, t) for n, (r, t, sim) in enumerate(triples) if found[n] in ("unknown", "other")
-           and sim >= NEAR_SIMILARITY and answer_in_other_words_possible(rows[r]["output"], items[t])]
-    said = answers_in_other_words([rows[r]["output"] for _, r, _ in ask], [items[t] for _, _, t in ask],
-                                  pieces.encode)
+           and sim >= NEAR_SIMILARITY and answer_in_other_words_possible(outputs[r], items[t])]
+    said = answers_in_other_words([outputs[r] for _, r, _ in ask], [items[t] for _, _, t in ask], pieces.encode)
     for (n, _, _), same in zip(ask, said):
         if same:
             found[n] = "same_meaning"

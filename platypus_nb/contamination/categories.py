@@ -39,6 +39,7 @@ towards removal, and the review file is where a person says otherwise.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -53,6 +54,22 @@ REVIEW_COLUMNS = ("train_hash", "test_id", "category", "reviewer", "note")
 # An output of at most this many words (or, if longer, no longer than the item's longest option) is an answer, not
 # an explanation: when it names none of the item's options it answers another question (``"other"``).
 SHORT_ANSWER_WORDS = 12
+
+
+# A bare option letter for an answer: "C", "(c)", "C.", "Answer: C".
+_LETTER_ANSWER = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?([A-Ha-h])[.):]?\s*$", re.I)
+_LETTERED_LINE = re.compile(r"^\s*\(?([A-Ha-h])[.)]\s+(\S.*)$", re.M)
+
+
+def lettered_answer(output: str, train_text: str) -> str:
+    """The option a bare-letter output picks among the row's own lettered option lines ("C" -> "The burning
+    magnesium gave off light."), else the output unchanged. A row that reorders the options answers with its own
+    letters, which mean nothing against the item's order."""
+    letter = _LETTER_ANSWER.match(output)
+    if not letter:
+        return output
+    lines = {m.group(1).upper(): m.group(2).strip() for m in _LETTERED_LINE.finditer(train_text)}
+    return lines.get(letter.group(1).upper(), output)
 
 
 def answer_agreement(output: str, item: TestItem) -> str:

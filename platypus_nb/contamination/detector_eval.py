@@ -6,7 +6,8 @@ Each row is a training row (``instruction``, ``input``, ``output``, ``data_sourc
 ``test_id`` is its nearest test item of the same subject, for reading) and ``split`` (``dev`` / ``heldout`` by a
 hash of the id: rules are tuned on dev, reported on both). How each kind is made is in ``KINDS`` and in
 docs/contamination.md; every rule is a text rewrite written here, and 27 rewordings were written by hand
-(``HAND_WRITTEN``); no model generated any row.
+(``HAND_WRITTEN``); no model generated any row. Negatives that still ask a test question are found by the audit
+(``AUDIT_FILE``, :func:`load_eval_rows`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ KINDS = {
                       "largest share of its content words",
     "other_numbers": "a test question with every number changed (the same template, another problem)",
     "other_entity": "a TruthfulQA question with its named place or person swapped for another",
+    # built as a negative, judged a positive
+    "judged_same": "built as a hard negative (any kind above), but the audit judged it to ask a test item's question "
+                   "(AUDIT_FILE: a number or name changed where it does not change the ask): a positive",
 }
 
 # Exam-question synonyms, written by hand: each word maps to one replacement of the same part of speech.
@@ -129,20 +133,35 @@ ENTITIES = ["France", "Germany", "Japan", "China", "Canada", "Mexico", "Brazil",
 
 
 EVAL_FILE = "contamination_detector_eval.jsonl.gz"
+# Every hard negative with a test item at cosine >= 0.6 was judged against its nearest test items by readers shown
+# only the two texts (docs/contamination.md, "The audit of the hard negatives"): a rule-made negative may still ask
+# a test question (a year or a scenario number changed, a name swapped in the framing sentence only).
+AUDIT_FILE = "contamination_detector_audit.jsonl"
 
 
-def load_eval_rows() -> list[dict]:
-    """The vendored evaluation set (checksum-verified)."""
-    return read_jsonl(data_file(EVAL_FILE))
+def load_eval_rows(audited: bool = True) -> list[dict]:
+    """The vendored evaluation set (checksum-verified). ``audited``: a negative the audit judged to ask the question
+    of one or more test items is a positive of kind ``judged_same`` for them (``same_as``; ``test_id`` the first),
+    with its kind as built in ``built_kind``."""
+    rows = read_jsonl(data_file(EVAL_FILE))
+    if not audited:
+        return rows
+    same: dict[str, list[str]] = defaultdict(list)
+    for judged in read_jsonl(data_file(AUDIT_FILE)):
+        if judged["judgement"] == "same":
+            same[judged["row_id"]].append(judged["test_id"])
+    return [r | {"label": 1, "kind": "judged_same", "built_kind": r["kind"], "test_id": same[r["id"]][0],
+                 "same_as": same[r["id"]]} if r["id"] in same and r["label"] == 0 else r for r in rows]
 
 
 # The hand-written check sets, by the split name their rows carry (data/README.md): each was written for test items
 # none of the others and the evaluation set use. Each was scored once out of sample and then became development
-# data, used to choose the next rules, except the last two (docs/contamination.md, "The detector evaluation set").
+# data, used to choose the next rules, except the last three (docs/contamination.md, "The detector evaluation set").
 CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contamination_detector_check2.jsonl",
                "check3": "contamination_detector_check3.jsonl", "check4": "contamination_detector_check4.jsonl",
                "check5": "contamination_detector_check5.jsonl", "check6": "contamination_detector_check6.jsonl",
-               "check7": "contamination_detector_check7.jsonl"}
+               "check7": "contamination_detector_check7.jsonl",
+               "check8": "contamination_detector_check8.jsonl"}
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
@@ -436,10 +455,12 @@ def lexical_pool(rows: Sequence[dict], items: Sequence[TestItem], k: int) -> lis
 def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
            ) -> dict[str, float]:
     """Precision, recall and F1 of "removed" against ``label``; a positive counts as found only when removed by a
-    pair with its own test item, if ``removed_with`` (row -> test ids of its removing pairs) is given."""
+    pair with its own test item (one of ``same_as``, where a row has it), if ``removed_with`` (row -> test ids of
+    its removing pairs) is given."""
     tp = fp = fn = 0
     for i, r in enumerate(rows):
-        hit = i in removed and (removed_with is None or r["label"] == 0 or r["test_id"] in removed_with.get(i, ()))
+        own = set(r.get("same_as") or [r["test_id"]])
+        hit = i in removed and (removed_with is None or r["label"] == 0 or bool(own & removed_with.get(i, set())))
         if r["label"] == 1:
             tp += hit
             fn += not hit
