@@ -8,7 +8,7 @@ leaderboard test sets (26k; vectors from the embedding cache), by ``detector_eva
   category rules): what step 02 did before the verifier;
 - ``step02_verifier``: step 02 as configured (stage-one recall over pieces + the evidence verifier).
 
-The rows are scored as audited (``detector_eval.load_eval_rows``: 42 negatives as built that readers judged to
+The rows are scored as audited (``detector_eval.load_eval_rows``: 52 negatives as built that readers judged to
 ask a test item's question count as positives of kind ``judged_same``) and, in ``scores_as_built``, as built.
 A positive counts as found only when a pair with its own test item removes it; a negative counts against a
 detector when it is removed at all. Precision, recall and F1 overall, per split (dev: where the verifier's weights

@@ -450,8 +450,8 @@ def test_negatives_the_audit_judged_to_ask_a_test_question_count_as_positives():
     built = {r["id"]: r for r in load_eval_rows(audited=False)}
     audited = load_eval_rows()
     judged = [r for r in audited if r["kind"] == "judged_same"]
-    assert len(judged) == 42 and all(built[r["id"]]["label"] == 0 and r["label"] == 1 for r in judged)
-    assert sum(r["label"] for r in audited) == sum(r["label"] for r in built.values()) + 42
+    assert len(judged) == 52 and all(built[r["id"]]["label"] == 0 and r["label"] == 1 for r in judged)
+    assert sum(r["label"] for r in audited) == sum(r["label"] for r in built.values()) + 52
     by_id = {r["id"]: r for r in audited}
     moral = by_id["other_numbers:mmlu:moral_scenarios:7"]
     assert (moral["built_kind"], moral["same_as"]) == ("other_numbers", ["mmlu:moral_scenarios:7"])
