@@ -461,3 +461,40 @@ def test_negatives_the_audit_judged_to_ask_a_test_question_count_as_positives():
     assert scores([photosynthesis], {0}, {0: {"arc_challenge:Mercury_SC_407572"}})["fn"] == 1  # judged different
     kept = by_id["other_entity:truthfulqa:175"]  # "Who built the pyramids in Norway?": judged another question
     assert kept == built[kept["id"]] and kept["label"] == 0
+
+
+# ----------------------------------------------------------------------------- rules of evidence-6, on real rows
+
+
+def test_evidence_6_a_stem_asked_otherwise_numbers_written_otherwise_and_plural_answers():
+    """Rewordings evidence-5 missed, from check sets 2-5 (development data): a passage item's stem asked in other
+    words with a summary of its passage and the item's answer ("Napoleon's domestic reforms"), "1,000" for "1000",
+    "no more than two" for "at most 2", "The gills." for "gill" and "Solids only." for "solid, only"; their
+    same-topic negatives (the same passage or template asked otherwise, other numbers) stay."""
+    from platypus_nb.contamination.categories import answer_agreement
+    from platypus_nb.contamination.verifier import numbers, numbers_differ
+
+    positives = ["paraphrase:mmlu:high_school_european_history:38", "options_reordered:mmlu:high_school_us_history:199",
+                 "paraphrase:mmlu:elementary_mathematics:375", "paraphrase:mmlu:high_school_mathematics:8",
+                 "voice_changed:arc_challenge:TIMSS_2003_8_pg80", "synonyms:arc_challenge:NYSEDREGENTS_2012_4_2"]
+    negatives = ["other_ask:mmlu:high_school_european_history:38:neg", "other_ask:mmlu:high_school_us_history:199:neg",
+                 "other_numbers:mmlu:elementary_mathematics:375:neg", "other_numbers:mmlu:high_school_mathematics:8:neg",
+                 "other_entity:arc_challenge:TIMSS_2003_8_pg80:neg", "other_ask:arc_challenge:NYSEDREGENTS_2012_4_2:neg"]
+    rows = _rows(*positives, *negatives)
+    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
+    have = {i.test_id for i in items}
+    items += [_item(t) for t in sorted({r["test_id"] for r in rows} - have)]
+    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
+    removed, removed_with = _run(rows, items, cfg)
+    missed = [r["id"] for i, r in enumerate(rows[:len(positives)]) if r["test_id"] not in removed_with.get(i, ())]
+    wrongly = [rows[i]["id"] for i in sorted(removed) if i >= len(positives)]
+    assert missed == [] and wrongly == []
+
+    assert numbers("Out of 1,000 voters, 220,000 turn out") == {"1000", "220000"}
+    voters = _item("mmlu:elementary_mathematics:375")  # "A survey of 1000 registered voters ..."
+    assert not numbers_differ(C.question_text(rows[2]), voters)  # "Out of 1,000 registered voters polled, ..."
+    assert numbers_differ(C.question_text(rows[len(positives) + 2]), voters)  # its negative: other numbers
+    die = _item("mmlu:high_school_mathematics:8")  # "... a 6 in at most 2 of the rolls?"
+    assert not numbers_differ(C.question_text(rows[3]), die)  # "... no more than two of the throws show a six?"
+    assert answer_agreement("The gills.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "unknown"  # was "other"
+    assert answer_agreement("The lungs.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "other"

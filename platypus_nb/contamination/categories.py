@@ -72,6 +72,12 @@ def lettered_answer(output: str, train_text: str) -> str:
     return lines.get(letter.group(1).upper(), output)
 
 
+def _singular(stems: set[str]) -> set[str]:
+    """Word stems without a plural "s" ("gills" / "gill", "solids" / "solid"): a short answer in the plural is no
+    other answer."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in stems}
+
+
 def answer_agreement(output: str, item: TestItem) -> str:
     """``"same"`` if the training output contains the correct answer, ``"different"`` if it contains a wrong
     option and not the correct one, ``"other"`` if it is a short answer (``SHORT_ANSWER_WORDS``) of a
@@ -95,8 +101,8 @@ def answer_agreement(output: str, item: TestItem) -> str:
     if options and out and n_out <= max(SHORT_ANSWER_WORDS, longest):
         # the correct answer's own words: those that repeat the question ("Barack Obama was born in the U.S." for
         # "Where was Barack Obama born?") do not tell one answer from another
-        key = content_words(item.answer) - content_words(item.text)
-        if key and len(key & content_words(output)) < 0.5 * len(key):
+        key = _singular(content_words(item.answer) - content_words(item.text))
+        if key and len(key & _singular(content_words(output))) < 0.5 * len(key):
             return "other"
     return "unknown"
 

@@ -12,7 +12,7 @@ terms; a same-topic question shares the topic's words but not the specifics), wh
 item's options or lists others, and whether its answer is the test item's answer (in its words, or in other words
 by the embedding of the answer against the options) or another one. ``verifier_score`` is a weighted sum of them.
 A pair is the same question when no name, formula, number or polarity of the ask differs and the row asks the stem
-of an item compared by its stem, and either the score reaches ``verifier_threshold`` (below the embedding threshold
+of an item compared by its stem (or gives its answer), and either the score reaches ``verifier_threshold`` (below the embedding threshold
 only with the item's answer in its words), or the pair is at the embedding threshold with no other answer, or the
 row gives the item's answer near it in embedding and words (:func:`verify`). Models and a fitted rule were
 measured against it (benchmarks/README.md); docs/contamination.md says why this one is the default.
@@ -34,7 +34,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-5"
+VERIFIER_VERSION = "evidence-6"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -397,9 +397,14 @@ _NUMBER_WORDS |= {w: str(10 * n) for n, w in enumerate("thirty forty fifty sixty
 _TUPLE = re.compile(r"\(\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*\)")
 
 
+# A thousands separator: "220,000" is the number 220000, as a rewording may write it.
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
 def numbers(text: str) -> set[str]:
-    """The numbers of a text: its word tokens with a digit ("12", "2z", "h2o"), spelled-out numbers as digits
-    (``_NUMBER_WORDS``) and tuples of numbers without their spaces."""
+    """The numbers of a text: its word tokens with a digit ("12", "2z", "h2o"; thousands separators dropped),
+    spelled-out numbers as digits (``_NUMBER_WORDS``) and tuples of numbers without their spaces."""
+    text = _THOUSANDS.sub("", text)
     found = {_NUMBER_WORDS.get(w, w) for w in words(text) if w in _NUMBER_WORDS or any(ch.isdigit() for ch in w)}
     return found | {re.sub(r"\s+", "", m.group(0)) for m in _TUPLE.finditer(text)}
 
@@ -418,8 +423,11 @@ def numbers_differ(train_text: str, item: TestItem) -> bool:
     """Whether the row asks with other numbers: a number of the item's question stem (the whole text for an item
     without a passage) is missing from the row, or the row has a number the item has nowhere
     (:func:`other_numbers`). A number of a passage may be missing: a row may ask the stem alone, or leave out
-    details of a long scenario."""
-    return bool(numbers(question_stem(item.text)) - numbers(train_text)) or other_numbers(train_text, item)
+    details of a long scenario. A 1 or 2 of the item may be the row's "one" or "two" ("at most 2 of the rolls" / "no
+    more than two of the throws"), which ``numbers`` leaves out as words."""
+    row_words = set(words(train_text))
+    row = numbers(train_text) | {n for w, n in (("one", "1"), ("two", "2")) if w in row_words}
+    return bool(numbers(question_stem(item.text)) - row) or other_numbers(train_text, item)
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
@@ -504,7 +512,8 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
     the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), or, for a piece
     that is a stem, when the row's own question (its last paragraph or its asking sentence) does not use that stem's
-    words (``STEM_MIN_OVERLAP``: another question on the same passage). The same question needs a score at or
+    words (``STEM_MIN_OVERLAP``: another question on the same passage) and its answer is not the item's (a stem
+    asked in other words, with a summary of the passage, still has the item's answer). The same question needs a score at or
     above ``threshold``, no such difference and no other numbers; and a pair whose best similarity is below the
     embedding rule's ``similarity_threshold`` also needs the row to give the item's answer in its words
     (``agreement`` "same"): below it, the embedding says "same topic", and the words a short question shares with a
@@ -519,7 +528,8 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
         # what counts, its last paragraph or, when that also retells the passage in a sentence, its asking sentence
         bare = _OPTION_LINE.sub("", row).strip()
         overlap = max(word_overlap(question_stem(bare), piece), word_overlap(ask_sentence(bare), piece))
-        differs = overlap < STEM_MIN_OVERLAP
+        # ... unless the row gives this question's answer: another question on the passage has another answer
+        differs = overlap < STEM_MIN_OVERLAP and agreement not in SAME_ANSWER
     else:
         overlap, differs = word_overlap(row, piece), False
     differs = (differs or names_differ(row, piece, common) or formulas_differ(row, piece)
