@@ -19,7 +19,8 @@ import pandas as pd
 
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig
 from platypus_nb.contamination.categories import (REVIEW_COLUMNS, answer_agreement, is_removed, item_coverage,
-                                                  lettered_answer, numbers_differ, suggest_category, unknown_review_items)
+                                                  lettered_answer, numbers_differ, suggest_category,
+                                                  unknown_review_items)
 from platypus_nb.contamination.lexical import words
 from platypus_nb.contamination.report import dataset_card
 from platypus_nb.contamination.testsets import TestItem, data_source_of, training_text_hash

@@ -12,10 +12,10 @@ terms; a same-topic question shares the topic's words but not the specifics), wh
 item's options or lists others, and whether its answer is the test item's answer (in its words, or in other words
 by the embedding of the answer against the options) or another one. ``verifier_score`` is a weighted sum of them.
 A pair is the same question when no name, formula, number or polarity of the ask differs and the row asks the stem
-of an item compared by its stem (or gives its answer), and either the score reaches ``verifier_threshold`` (below the embedding threshold
-only with the item's answer in its words), or the pair is at the embedding threshold with no other answer, or the
-row gives the item's answer near it in embedding and words (:func:`verify`). Models and a fitted rule were
-measured against it (benchmarks/README.md); docs/contamination.md says why this one is the default.
+of an item compared by its stem (or gives its answer), and either the score reaches ``verifier_threshold`` (below
+the embedding threshold only with the item's answer in its words), or the pair is at the embedding threshold with no
+other answer, or the row gives the item's answer near it in embedding and words (:func:`verify`). Models and a
+fitted rule were measured against it (benchmarks/README.md); docs/contamination.md says why this one is the default.
 """
 
 from __future__ import annotations
@@ -513,9 +513,9 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), or, for a piece
     that is a stem, when the row's own question (its last paragraph or its asking sentence) does not use that stem's
     words (``STEM_MIN_OVERLAP``: another question on the same passage) and its answer is not the item's (a stem
-    asked in other words, with a summary of the passage, still has the item's answer). The same question needs a score at or
-    above ``threshold``, no such difference and no other numbers; and a pair whose best similarity is below the
-    embedding rule's ``similarity_threshold`` also needs the row to give the item's answer in its words
+    asked in other words, with a summary of the passage, still has the item's answer). The same question needs a
+    score at or above ``threshold``, no such difference and no other numbers; and a pair whose best similarity is
+    below the embedding rule's ``similarity_threshold`` also needs the row to give the item's answer in its words
     (``agreement`` "same"): below it, the embedding says "same topic", and the words a short question shares with a
     row on its topic ("the lunar maria", "sound travels") do not say "same ask". Without a difference, a pair at or
     above ``similarity_threshold`` whose row gives no other answer is the same question whatever its score, and so
