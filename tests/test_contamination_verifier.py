@@ -225,6 +225,19 @@ def _item(test_id: str) -> C.TestItem:
     return next(i for i in C.load_test_set(name) if i.test_id == test_id)
 
 
+def _missed_and_wrongly_removed(positives: list[str], negatives: list[str]) -> tuple[list[str], list[str]]:
+    """Step 02 on these rows of the vendored sets against the first 60 items of each test set plus the rows' own:
+    the positives not removed by a pair with their own item, and the negatives removed."""
+    rows = _rows(*positives, *negatives)
+    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
+    have = {i.test_id for i in items}
+    items += [_item(t) for t in sorted({r["test_id"] for r in rows} - have)]
+    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
+    removed, removed_with = _run(rows, items, cfg)
+    missed = [r["id"] for i, r in enumerate(rows[:len(positives)]) if r["test_id"] not in removed_with.get(i, ())]
+    return missed, [rows[i]["id"] for i in sorted(removed) if i >= len(positives)]
+
+
 def test_instruction_framing_is_stripped_from_the_row_and_becomes_a_piece_of_its_own():
     from platypus_nb.contamination.segments import strip_framing
     from platypus_nb.contamination.verifier import training_pieces
@@ -408,15 +421,7 @@ def test_evidence_4_finds_free_rewordings_and_keeps_their_same_topic_negatives()
     negatives = ["other_ask:mmlu:conceptual_physics:142:neg", "other_ask:mmlu:high_school_us_history:47:neg",
                  "other_ask:truthfulqa:354:neg", "other_ask:mmlu:high_school_psychology:215:neg",
                  "other_ask:mmlu:world_religions:31:neg", "other_ask:hellaswag:3158:neg"]
-    rows = _rows(*positives, *negatives)
-    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
-    have = {i.test_id for i in items}
-    items += [_item(t) for t in sorted({r["test_id"] for r in rows} - have)]
-    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
-    removed, removed_with = _run(rows, items, cfg)
-    missed = [r["id"] for i, r in enumerate(rows[:len(positives)]) if r["test_id"] not in removed_with.get(i, ())]
-    wrongly = [rows[i]["id"] for i in sorted(removed) if i >= len(positives)]
-    assert missed == [] and wrongly == []
+    assert _missed_and_wrongly_removed(positives, negatives) == ([], [])
 
 
 def test_a_fill_in_blank_is_not_a_formula_and_a_long_name_may_change_one_letter():
@@ -482,21 +487,14 @@ def test_evidence_6_a_stem_asked_otherwise_numbers_written_otherwise_and_plural_
                  "other_numbers:mmlu:elementary_mathematics:375:neg",
                  "other_numbers:mmlu:high_school_mathematics:8:neg", "other_entity:arc_challenge:TIMSS_2003_8_pg80:neg",
                  "other_ask:arc_challenge:NYSEDREGENTS_2012_4_2:neg"]
-    rows = _rows(*positives, *negatives)
-    items = C.load_test_items(["arc_challenge", "hellaswag", "mmlu", "truthfulqa"], max_items=60)
-    have = {i.test_id for i in items}
-    items += [_item(t) for t in sorted({r["test_id"] for r in rows} - have)]
-    cfg = load_config("tiny", {"contamination.review_file": None}).contamination
-    removed, removed_with = _run(rows, items, cfg)
-    missed = [r["id"] for i, r in enumerate(rows[:len(positives)]) if r["test_id"] not in removed_with.get(i, ())]
-    wrongly = [rows[i]["id"] for i in sorted(removed) if i >= len(positives)]
-    assert missed == [] and wrongly == []
+    assert _missed_and_wrongly_removed(positives, negatives) == ([], [])
 
     assert numbers("Out of 1,000 voters, 220,000 turn out") == {"1000", "220000"}
+    poll, poll_negative, dice = _rows(positives[2], negatives[2], positives[3])
     voters = _item("mmlu:elementary_mathematics:375")  # "A survey of 1000 registered voters ..."
-    assert not numbers_differ(C.question_text(rows[2]), voters)  # "Out of 1,000 registered voters polled, ..."
-    assert numbers_differ(C.question_text(rows[len(positives) + 2]), voters)  # its negative: other numbers
+    assert not numbers_differ(C.question_text(poll), voters)  # "Out of 1,000 registered voters polled, ..."
+    assert numbers_differ(C.question_text(poll_negative), voters)  # other numbers
     die = _item("mmlu:high_school_mathematics:8")  # "... a 6 in at most 2 of the rolls?"
-    assert not numbers_differ(C.question_text(rows[3]), die)  # "... no more than two of the throws show a six?"
+    assert not numbers_differ(C.question_text(dice), die)  # "... no more than two of the throws show a six?"
     assert answer_agreement("The gills.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "unknown"  # was "other"
     assert answer_agreement("The lungs.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "other"
