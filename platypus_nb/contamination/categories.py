@@ -46,7 +46,7 @@ from typing import Optional, Sequence
 from platypus_nb.config import CONTAMINATION_CATEGORIES, ContaminationConfig, resolve_path
 from platypus_nb.contamination.lexical import contains_words, normalised, words
 from platypus_nb.contamination.testsets import TestItem
-from platypus_nb.contamination.verifier import content_words
+from platypus_nb.contamination.verifier import content_words, lettered_options
 
 REVIEW_COLUMNS = ("train_hash", "test_id", "category", "reviewer", "note")
 
@@ -58,7 +58,6 @@ SHORT_ANSWER_WORDS = 12
 
 # A bare option letter for an answer: "C", "(c)", "C.", "Answer: C".
 _LETTER_ANSWER = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?([A-Ha-h])[.):]?\s*$", re.I)
-_LETTERED_LINE = re.compile(r"^\s*\(?([A-Ha-h])[.)]\s+(\S.*)$", re.M)
 
 
 def lettered_answer(output: str, train_text: str) -> str:
@@ -68,8 +67,7 @@ def lettered_answer(output: str, train_text: str) -> str:
     letter = _LETTER_ANSWER.match(output)
     if not letter:
         return output
-    lines = {m.group(1).upper(): m.group(2).strip() for m in _LETTERED_LINE.finditer(train_text)}
-    return lines.get(letter.group(1).upper(), output)
+    return dict(lettered_options(train_text)).get(letter.group(1).upper(), output)
 
 
 def _singular(stems: set[str]) -> set[str]:

@@ -324,9 +324,21 @@ def answers_in_other_words(outputs: Sequence[str], items: Sequence[TestItem],
     return found
 
 
+_OPTION_LETTER = re.compile(r"^\s*\(?([A-Ha-h])[.)]\s")
+
+
+def lettered_options(train_text: str) -> list[tuple[str, str]]:
+    """The lettered option lines ("A. ...", "(b) ...") of a training text as (upper-case letter, text) pairs."""
+    found = []
+    for m in _OPTION_LINE.finditer(train_text):
+        letter = _OPTION_LETTER.match(m.group(0))
+        found.append((letter.group(1).upper(), m.group(0)[letter.end():].strip()))
+    return found
+
+
 def option_lines(train_text: str) -> list[str]:
-    """The lettered option lines ("A. ...", "(b) ...") of a training text, without their letters, normalised."""
-    return [normalised(re.sub(r"^\s*\(?[A-Ha-h][.)]\s", "", m.group(0))) for m in _OPTION_LINE.finditer(train_text)]
+    """The lettered option lines of a training text (:func:`lettered_options`), without their letters, normalised."""
+    return [normalised(text) for _, text in lettered_options(train_text)]
 
 
 def other_options(train_text: str, item: TestItem) -> bool:
