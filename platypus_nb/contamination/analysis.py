@@ -90,7 +90,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
     pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
     common = common_words([item.text for item in items]) if verifying else set()
-    agreements = _agreements(rows, items, pairs, cfg, pieces if verifying else None)
+    agreements = _agreements(rows, items, pairs, pieces if verifying else None)
     records = []
     for p, agreement in zip(pairs.itertuples(index=False), agreements):
         row, item = rows[p.train_index], items[p.test_index]
@@ -123,7 +123,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
 
 
 def _agreements(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], pairs: pd.DataFrame,
-                cfg: ContaminationConfig, pieces: Optional[Pieces]) -> list[str]:
+                pieces: Optional[Pieces]) -> list[str]:
     """Each pair's ``answer_agreement``, a bare option letter read as the row's own option of that letter
     (:func:`categories.lettered_answer`); with the verifier, a pair at ``verifier.NEAR_SIMILARITY`` or above whose
     short answer names no option ("unknown", "other") is ``"same_meaning"`` when it says the correct one in other
