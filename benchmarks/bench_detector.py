@@ -114,9 +114,10 @@ def run(args: argparse.Namespace) -> dict:
                             show_progress=False)
     t_embed = time.perf_counter() - t0
     t0 = time.perf_counter()
-    table, flagged = D.evaluate(rows, items, pieces, cfg, off)
+    detectors, _ = D.detector_removals(rows, items, pieces, cfg, off)
+    table = D.score_table(rows, detectors)
     t_eval = time.perf_counter() - t0
-    built_table, _ = D.evaluate(D.load_eval_rows(audited=False), items, pieces, cfg, off)
+    built_table = D.score_table(D.load_eval_rows(audited=False), detectors)  # the same rows, labels as built
     # the verifier's own cost: flag_pairs with and without it on the same pairs, per pair verified
     texts = [C.question_text(r) for r in rows]
     semantic = C.semantic_pairs(pieces.train_whole, pieces.test_whole, cfg.threshold)

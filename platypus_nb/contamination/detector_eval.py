@@ -521,6 +521,14 @@ def evaluate(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cf
     """The paper's rule, step 02 with the verifier off, and step 02 as configured, on the evaluation rows against
     ``items`` (``pieces`` embeds both: rows first). Returns the score table and each step-02 variant's flagged
     pairs."""
+    detectors, flagged = detector_removals(rows, items, pieces, cfg, off)
+    return score_table(rows, detectors), flagged
+
+
+def detector_removals(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cfg: ContaminationConfig,
+                      off: ContaminationConfig) -> tuple[dict[str, dict[int, set[str]]], dict[str, pd.DataFrame]]:
+    """What each detector of :func:`evaluate` removes (row -> test ids of the removing pairs), and each step-02
+    variant's flagged pairs. Labels play no part: the same removals score the set as built and as audited."""
     texts = [question_text(r) for r in rows]
     train_emb, test_emb = pieces.train_whole, pieces.test_whole
     semantic = semantic_pairs(train_emb, test_emb, cfg.threshold)
@@ -532,7 +540,7 @@ def evaluate(rows: Sequence[dict], items: Sequence[TestItem], pieces: Pieces, cf
     nearest, nearest_sim = nearest_training_rows(train_emb, test_emb)
     detectors = {"paper": paper_removals(items, nearest, nearest_sim, cfg.threshold)}
     detectors |= {name: removals(f) for name, f in flagged.items()}
-    return score_table(rows, detectors), flagged
+    return detectors, flagged
 
 
 def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model: str, batch_size: int,
