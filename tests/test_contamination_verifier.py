@@ -188,7 +188,7 @@ def test_the_check_sets_are_apart_from_each_other_and_from_the_evaluation_set():
     known = {i.test_id for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") for i in C.load_test_set(name)}
     seen = {r["test_id"] for r in load_eval_rows()}
     sizes = {"check": 80, "check2": 150, "check3": 116, "check4": 200, "check5": 120, "check6": 160, "check7": 120,
-             "check8": 120, "check9": 120}
+             "check8": 120, "check9": 120, "check10": 140}
     assert list(sizes) == list(CHECK_FILES)
     for name, size in sizes.items():
         rows = load_check_rows([name])
@@ -498,3 +498,67 @@ def test_evidence_6_a_stem_asked_otherwise_numbers_written_otherwise_and_plural_
     assert not numbers_differ(C.question_text(dice), die)  # "... no more than two of the throws show a six?"
     assert answer_agreement("The gills.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "unknown"  # was "other"
     assert answer_agreement("The lungs.", _item("arc_challenge:TIMSS_2003_8_pg80")) == "other"
+
+
+# ----------------------------------------------------------------------------- rules of evidence-7, on real rows
+
+
+def test_evidence_7_the_ask_of_a_conditional_sentence_formulas_in_words_and_labels_are_not_quantities():
+    """Rewordings evidence-6 missed, from check sets 2-5 (development data): a negation inside a condition or inside
+    the statement a colon introduces is not the ask's polarity (slippery slope, "the antecedent of: ... do not
+    win"); a formula ends at its sentence's end ("over Q. 8x^3 + ..."); an arithmetic expression may be asked in
+    words ("2,817 × 380"); "Step 1:" labels a step. Their same-topic negatives stay, except formal_logic:54's,
+    which asks for a symbolization of the same sentence and is removed as before (a known error)."""
+    from platypus_nb.contamination.verifier import asks_differ, formulas, formulas_differ, numbers, polarity
+
+    positives = ["paraphrase:mmlu:logical_fallacies:156", "paraphrase:mmlu:formal_logic:54",
+                 "paraphrase:mmlu:abstract_algebra:27", "options_dropped:mmlu:elementary_mathematics:185",
+                 "reframed:hellaswag:6036"]
+    negatives = ["other_ask:mmlu:logical_fallacies:156:neg", "other_ask:mmlu:abstract_algebra:27:neg",
+                 "other_numbers:mmlu:elementary_mathematics:185:neg", "other_ask:hellaswag:6036:neg"]
+    assert _missed_and_wrongly_removed(positives, negatives) == ([], [])
+
+    fallacy = _item("mmlu:logical_fallacies:156")  # "If someone says ..., but doesn't provide ..., which ...?"
+    assert polarity(fallacy.text) == frozenset()
+    assert polarity("Which of the following, if true, would NOT weaken the argument?") == {"negation"}
+    assert polarity("Question: which of these is not a mammal?") == {"negation"}
+    antecedent = _item("mmlu:formal_logic:54")
+    assert not asks_differ("Take the conditional: 'Only if A or C fail to win will B win.' What is its antecedent?",
+                           antecedent.text)
+    assert "8x^3+6x^2" in formulas("over Q. 8x^3 + 6x^2 - 9x + 24")  # not "Q8x^3+6x^2", which no rewording has
+    assert not any(f.startswith("Q") for f in formulas("over Q. 8x^3 + 6x^2 - 9x + 24"))
+    homes = _item("mmlu:elementary_mathematics:185")  # "... 2,817 × 380 What is the total ...?"
+    assert not formulas_differ("2,817 homes each use 380 gallons a day: how many gallons in all?", homes.text)
+    assert formulas_differ("2,817 homes each use 380 gallons a day: is it 2,817 + 380?", homes.text)
+    assert numbers("Step 1: Check the label. Assertion 2 | x. Scenario 6 | y. Point 1 and point 2 are 5 m apart.") == \
+        {"5"}
+    assert numbers("It is divided by 2: what is left?") == {"2"}
+
+
+def test_evidence_7_a_frame_many_items_share_is_not_the_question():
+    """MMLU moral scenarios all ask the same framing sentence before their own two scenarios. A row in the frame
+    with other scenarios is not the item (check set 3's negatives were removed against 27 moral-scenarios items at
+    cosine 0.74-0.87, half of them with the same "Not wrong, Not wrong"), while a copy that renames "Scenario 1"
+    and moves "as of 2020" to 2022 is (the audit's judgement)."""
+    from platypus_nb.contamination.verifier import common_words, frame_sentences, numbers_differ, verify
+
+    mmlu = C.load_test_set("mmlu")
+    frames = frame_sentences(mmlu)
+    assert len(frames) == 2  # the moral-scenarios question and "This question refers to the following information."
+    assert frame_sentences(mmlu[:99]) == frozenset()  # fewer than 100 items share nothing
+    common = common_words([i.text for i in mmlu])
+    (other_scenarios,) = _rows("other_entity:mmlu:moral_scenarios:657:neg")
+    text = C.question_text(other_scenarios)
+    by_id = {i.test_id: i for i in mmlu}
+    for test_id in ("mmlu:moral_scenarios:48", "mmlu:moral_scenarios:247"):  # the second has its answer
+        before = verify(text, by_id[test_id], 0.85, "same", 1.5, common, 0.8)
+        after = verify(text, by_id[test_id], 0.85, "same", 1.5, common, 0.8, frames)
+        assert before.same and not after.same and after.question_differs
+    own = by_id["mmlu:moral_scenarios:657"]
+    assert verify(C.question_text(_rows("paraphrase:mmlu:moral_scenarios:657")[0]), own, 0.9, "same", 1.5, common,
+                  0.8, frames).same
+    (renamed,) = _rows("other_numbers:mmlu:moral_scenarios:117")  # "... as of 2022? Scenario 6 | ... Scenario 9 |"
+    item = by_id["mmlu:moral_scenarios:117"]
+    assert numbers_differ(C.question_text(renamed), item) and not numbers_differ(C.question_text(renamed), item,
+                                                                                 frames)
+    assert verify(C.question_text(renamed), item, 0.96, "unknown", 1.5, common, 0.8, frames).same

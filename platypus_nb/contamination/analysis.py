@@ -27,7 +27,7 @@ from platypus_nb.contamination.testsets import TestItem, data_source_of, trainin
 from platypus_nb.contracts import question_text
 from platypus_nb.contamination.verifier import (NEAR_SIMILARITY, VERIFIER_VERSION, Pieces,
                                                 answer_in_other_words_possible, answers_in_other_words, common_words,
-                                                recall_candidates, segment_similarity, verify)
+                                                frame_sentences, recall_candidates, segment_similarity, verify)
 from platypus_nb.embeddings import best_matches, pairs_at_or_above
 from platypus_nb.io import atomic_path, atomic_write_json, atomic_write_text, write_jsonl
 
@@ -90,6 +90,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
     pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
     common = common_words([item.text for item in items]) if verifying else set()
+    frames = frame_sentences(items) if verifying else frozenset()
     agreements = _agreements(rows, items, pairs, pieces if verifying else None)
     records = []
     for p, agreement in zip(pairs.itertuples(index=False), agreements):
@@ -98,7 +99,8 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
         if verifying:
             # a row asking the stem alone lacks the passage's numbers, not the question's; a row with numbers the
             # item has nowhere asks another instance of its template (verifier.numbers_differ)
-            v = verify(text, item, p.segment_similarity, agreement, cfg.verifier_threshold, common, cfg.threshold)
+            v = verify(text, item, p.segment_similarity, agreement, cfg.verifier_threshold, common, cfg.threshold,
+                       frames)
             overlap, options, score, same = v.overlap, v.options, v.score, v.same
             # another place or person, or another question on the same passage: shared n-grams are no evidence
             differ = v.numbers_differ or (v.question_differs and not p.exact)

@@ -11,7 +11,8 @@ an embedding cannot see: how many of the test question's content words the row u
 terms; a same-topic question shares the topic's words but not the specifics), whether the row carries the test
 item's options or lists others, and whether its answer is the test item's answer (in its words, or in other words
 by the embedding of the answer against the options) or another one. ``verifier_score`` is a weighted sum of them.
-A pair is the same question when no name, formula, number or polarity of the ask differs and the row asks the stem
+A pair is the same question when no name, formula, number or polarity of the ask differs, the row has what is the
+item's own outside a frame that many items share, and the row asks the stem
 of an item compared by its stem (or gives its answer), and either the score reaches ``verifier_threshold`` (below
 the embedding threshold only with the item's answer in its words), or the pair is at the embedding threshold with no
 other answer, or the row gives the item's answer near it in embedding and words (:func:`verify`). Models and a
@@ -34,7 +35,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-6"
+VERIFIER_VERSION = "evidence-7"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -381,10 +382,22 @@ _LEADING_CLAUSE = re.compile(
     r"^(?:if|when|whenever|unless|once|after|before|while|since|although|because)\b[^,?]*,\s*", re.I)
 
 
+def selection_ask(sentence: str) -> str:
+    """The part of an asking sentence that asks: from the clause with its first selection word ("which",
+    "following"), if any, up to a colon that introduces a statement. What comes before is a condition ("If someone
+    says ..., but doesn't give any evidence, ... which of the following fallacies?"); a statement after a colon is
+    the thing asked about ("Identify the antecedent of the following conditional: A only if B does not win."),
+    while a question after one is the ask ("Question: which is not ...?")."""
+    clauses = sentence.split(",")
+    first = next((k for k, c in enumerate(clauses) if _SELECTION & set(words(c))), 0)
+    ask, colon, after = ",".join(clauses[first:]).partition(":")
+    return ask if colon and "?" not in after else ask + colon + after
+
+
 def polarity(text: str) -> frozenset[str]:
     """The polarity classes (negation, except, least, false) of the text's asking sentence (:func:`ask_sentence`),
-    a leading condition left out."""
-    present = set(words(_TRUTH_FRAME.sub(" ", _LEADING_CLAUSE.sub("", ask_sentence(text)))))
+    a leading condition and what a selection's colon introduces left out (:func:`selection_ask`)."""
+    present = set(words(_TRUTH_FRAME.sub(" ", selection_ask(_LEADING_CLAUSE.sub("", ask_sentence(text))))))
     return frozenset(name for name, members in _POLARITY.items() if present & members)
 
 
@@ -413,10 +426,24 @@ _TUPLE = re.compile(r"\(\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*\)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
+# A number that labels a part of the question, not a quantity: after a word that names parts ("Scenario 1",
+# "Statement 2", "Point 1") or after any word and before a bar or a colon ("Assertion 1 | ...", "Step 1: ...").
+_LABEL_NUMBER = re.compile(r"\b((?:scenario|statement|step|part|case|passage|figure|table|exhibit|source|document|"
+                           r"story|point)s?)\s+\d+\b|\b([A-Za-z]+)\s+\d+(?=\s*(?:\||:(?:\s|$)))", re.I)
+
+
+def _label_only(m: re.Match) -> str:
+    # "divided by 2: ...", "equals 3 | ...": after a function word or an operation the number is a quantity
+    if m.group(2) and m.group(2).lower() in STOPWORDS | {"plus", "minus", "times", "over", "equals"}:
+        return m.group(0)
+    return m.group(1) or m.group(2)
+
+
 def numbers(text: str) -> set[str]:
     """The numbers of a text: its word tokens with a digit ("12", "2z", "h2o"; thousands separators dropped),
-    spelled-out numbers as digits (``_NUMBER_WORDS``) and tuples of numbers without their spaces."""
-    text = _THOUSANDS.sub("", text)
+    spelled-out numbers as digits (``_NUMBER_WORDS``) and tuples of numbers without their spaces; a number that
+    labels a part (``_LABEL_NUMBER``) is not one."""
+    text = _LABEL_NUMBER.sub(_label_only, _THOUSANDS.sub("", text))
     found = {_NUMBER_WORDS.get(w, w) for w in words(text) if w in _NUMBER_WORDS or any(ch.isdigit() for ch in w)}
     return found | {re.sub(r"\s+", "", m.group(0)) for m in _TUPLE.finditer(text)}
 
@@ -431,15 +458,57 @@ def other_numbers(train_text: str, item: TestItem) -> bool:
     return any(n[0].isdigit() or n[0] == "(" for n in numbers(_OPTION_LINE.sub("", train_text)) - known)
 
 
-def numbers_differ(train_text: str, item: TestItem) -> bool:
+def numbers_differ(train_text: str, item: TestItem, frames: frozenset[str] = frozenset()) -> bool:
     """Whether the row asks with other numbers: a number of the item's question stem (the whole text for an item
     without a passage) is missing from the row, or the row has a number the item has nowhere
     (:func:`other_numbers`). A number of a passage may be missing: a row may ask the stem alone, or leave out
     details of a long scenario. A 1 or 2 of the item may be the row's "one" or "two" ("at most 2 of the rolls" / "no
-    more than two of the throws"), which ``numbers`` leaves out as words."""
+    more than two of the throws"), which ``numbers`` leaves out as words. Numbers of ``frames`` sentences
+    (:func:`frame_sentences`) are the frame's, in the item and in the row ("as of 2020" / "as of 2022")."""
+    train_text = without_frames(train_text, frames)
     row_words = set(words(train_text))
     row = numbers(train_text) | {n for w, n in (("one", "1"), ("two", "2")) if w in row_words}
-    return bool(numbers(question_stem(item.text)) - row) or other_numbers(train_text, item)
+    stem = without_frames(question_stem(item.text), frames)
+    return bool(numbers(stem) - row) or other_numbers(train_text, item)
+
+
+# A sentence that this many items of one test set share, numbers aside, is a frame of the set, not a question:
+# MMLU moral scenarios all ask "For which of these two scenarios does the main character ... as of 2020?" before
+# their two scenarios, and its history items open with "This question refers to the following information."
+FRAME_MIN_ITEMS = 100
+
+
+def _frame_key(sentence: str) -> str:
+    return re.sub(r"\d+", "#", " ".join(sentence.lower().split()))
+
+
+def frame_sentences(items: Sequence[TestItem]) -> frozenset[str]:
+    """The frames of the test sets (``FRAME_MIN_ITEMS``), as keys that ignore case, spacing and numbers."""
+    count: dict[tuple[str, str], int] = {}
+    for item in items:
+        for key in {_frame_key(s) for s in SENTENCE_END.split(item.text) if s.strip()}:
+            count[item.test_set, key] = count.get((item.test_set, key), 0) + 1
+    return frozenset(key for (_, key), n in count.items() if n >= FRAME_MIN_ITEMS)
+
+
+def without_frames(text: str, frames: frozenset[str]) -> str:
+    """The text without its frame sentences (the whole text when it is nothing else)."""
+    if not frames:
+        return text
+    kept = [s for s in SENTENCE_END.split(text) if _frame_key(s) not in frames]
+    return " ".join(kept) if any(s.strip() for s in kept) else text
+
+
+def frame_differs(train_text: str, piece: str, frames: frozenset[str]) -> bool:
+    """Whether the row misses what is the item's own in a framed piece (:func:`compared_piece`): under
+    ``STEM_MIN_OVERLAP`` of the content words of the piece outside its frame (the two scenarios), the frame's own
+    words left out. A row in the frame with other scenarios shares the frame's words, most of its embedding and, one
+    time in four, its answer ("Wrong, Not wrong"), so neither the similarity nor the answer tells the two apart."""
+    frame = [s for s in SENTENCE_END.split(piece) if _frame_key(s) in frames]
+    if not frame:
+        return False
+    own = content_words(without_frames(piece, frames)) - content_words(" ".join(frame))
+    return bool(own) and len(own & content_words(train_text)) < STEM_MIN_OVERLAP * len(own)
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
@@ -453,16 +522,17 @@ _NUMERIC = re.compile(r"^[(\[]*-?\d+(?:\.\d+)?[)\]]*$")
 
 def formulas(text: str) -> set[str]:
     """The formulas of a text without their spaces: per line, each maximal run of tokens that have a logic or math
-    operator (``_FORMULA``), are a propositional letter (``_SYMBOL``) or a number, when the run has an operator and
-    a letter or digit; a comma ends a run. "~C ⊃ D", "A ⊃ (~B ≡ C)" and "4 ÷ 2 • 2 + 8 − 4" are formulas, and so is
-    each token with an operator and a letter or digit ("6j^2"); math delimiters ("$") are not part of them, and a
-    bare operator between words ("Hydrogen + Oxygen -> Water") is not a formula."""
+    operator (``_FORMULA``), are a propositional letter (``_SYMBOL``) or a number (thousands separators dropped),
+    when the run has an operator and a letter or digit; a comma or a sentence's end ends a run ("over Q. 8x^3"
+    is not one formula). "~C ⊃ D", "A ⊃ (~B ≡ C)" and "4 ÷ 2 • 2 + 8 − 4" are formulas, and so is each token with an
+    operator and a letter or digit ("6j^2"); math delimiters ("$") are not part of them, and a bare operator between
+    words ("Hydrogen + Oxygen -> Water") is not a formula."""
     found = set()
-    for line in _BLANK.sub(" ", text).split("\n"):
+    for line in _BLANK.sub(" ", _THOUSANDS.sub("", text)).split("\n"):
         run: list[str] = []
         for raw in line.split() + [""]:
             token = raw.strip(".;:?!\"'$")
-            ends = raw.endswith(",")
+            ends = raw.rstrip("\"')$").endswith((",", ".", "?", "!"))
             token = token.rstrip(",")
             member = bool(token) and bool(_FORMULA.search(token) or _SYMBOL.match(token) or _NUMERIC.match(token))
             if member:
@@ -476,12 +546,24 @@ def formulas(text: str) -> set[str]:
     return found
 
 
+# An expression of numbers and operators alone, and its numbers.
+_ARITHMETIC = re.compile(r"[\d.()\[\]÷×−+*/^=<>·•-]+")
+_DIGITS = re.compile(r"\d+")  # as ``numbers`` reads them: "0.3" is 0 and 3
+
+
 def formulas_differ(train_text: str, test_text: str) -> bool:
     """Whether a formula of the test text (:func:`formulas`) is missing from the training text, spaces and commas
     ignored: the same template with other formulas (MMLU formal logic: "~C ⊃ D / D ⊃ C" against "A ⊃ (~B ≡ C) /
-    B ≡ D") asks another question even when every symbol of it occurs in the row."""
+    B ≡ D") asks another question even when every symbol of it occurs in the row. A row without formulas of its own
+    may ask an arithmetic expression (numbers and operators only) in words, when it has every number of it ("2,817
+    homes ... 380 gallons each": "2,817 × 380"); other numbers are :func:`numbers_differ`'s to find."""
     train = re.sub(r"[\s,]+", "", train_text)
-    return any(f.replace(",", "") not in train for f in formulas(test_text))
+    in_words = numbers(train_text) if not formulas(train_text) else set()
+
+    def asked(f: str) -> bool:
+        return f.replace(",", "") in train or bool(_ARITHMETIC.fullmatch(f)) and set(_DIGITS.findall(f)) <= in_words
+
+    return not all(asked(f) for f in formulas(test_text))
 
 
 # For a pair compared by the item's question stem (:func:`compared_piece`), how far the row's question must use the
@@ -518,11 +600,12 @@ class Verdict:
 
 
 def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
-           common: set[str], similarity_threshold: float) -> Verdict:
+           common: set[str], similarity_threshold: float, frames: frozenset[str] = frozenset()) -> Verdict:
     """The verifier's verdict on one pair; instruction framing around the row's question is left out first.
 
     The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
-    the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), or, for a piece
+    the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), when the piece is
+    framed by a sentence of ``frames`` and the row misses what is its own (:func:`frame_differs`), or, for a piece
     that is a stem, when the row's own question (its last paragraph or its asking sentence) does not use that stem's
     words (``STEM_MIN_OVERLAP``: another question on the same passage) and its answer is not the item's (a stem
     asked in other words, with a summary of the passage, still has the item's answer). The same question needs a
@@ -545,10 +628,10 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     else:
         overlap, differs = word_overlap(row, piece), False
     differs = (differs or names_differ(row, piece, common) or formulas_differ(row, piece)
-               or asks_differ(row, question_stem(item.text)))
+               or asks_differ(row, question_stem(item.text)) or frame_differs(row, piece, frames))
     options = options_found(row, item)
     score = evidence_score(segment_sim, overlap, options, agreement, other_options(row, item))
-    other = numbers_differ(row, item)
+    other = numbers_differ(row, item, frames)
     corroborated = segment_sim >= similarity_threshold or agreement == "same"  # in the item's own words
     # At or above the embedding threshold the paper's rule already calls the pair the same question: the verifier
     # keeps it so unless it sees a difference, the score deciding only below it.
