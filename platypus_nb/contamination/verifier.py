@@ -21,6 +21,7 @@ fitted rule were measured against it (benchmarks/README.md); docs/contamination.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -478,7 +479,8 @@ def numbers_differ(train_text: str, item: TestItem, frames: frozenset[str] = fro
 FRAME_MIN_ITEMS = 100
 
 
-def _frame_key(sentence: str) -> str:
+@functools.lru_cache(maxsize=1 << 16)
+def _frame_key(sentence: str) -> str:  # cached: a pair's sentences recur in the pairs of its row and its item
     return re.sub(r"\d+", "#", " ".join(sentence.lower().split()))
 
 
@@ -558,12 +560,11 @@ def formulas_differ(train_text: str, test_text: str) -> bool:
     may ask an arithmetic expression (numbers and operators only) in words, when it has every number of it ("2,817
     homes ... 380 gallons each": "2,817 × 380"); other numbers are :func:`numbers_differ`'s to find."""
     train = re.sub(r"[\s,]+", "", train_text)
-    in_words = numbers(train_text) if not formulas(train_text) else set()
-
-    def asked(f: str) -> bool:
-        return f.replace(",", "") in train or bool(_ARITHMETIC.fullmatch(f)) and set(_DIGITS.findall(f)) <= in_words
-
-    return not all(asked(f) for f in formulas(test_text))
+    missing = [f for f in formulas(test_text) if f.replace(",", "") not in train]
+    if not all(_ARITHMETIC.fullmatch(f) for f in missing):
+        return True
+    return bool(missing) and (bool(formulas(train_text))
+                              or not all(set(_DIGITS.findall(f)) <= numbers(train_text) for f in missing))
 
 
 # For a pair compared by the item's question stem (:func:`compared_piece`), how far the row's question must use the
