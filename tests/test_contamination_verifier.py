@@ -563,3 +563,58 @@ def test_evidence_7_a_frame_many_items_share_is_not_the_question():
     assert numbers_differ(C.question_text(renamed), item) and not numbers_differ(C.question_text(renamed), item,
                                                                                  frames)
     assert verify(C.question_text(renamed), item, 0.96, "unknown", 1.5, common, 0.8, frames).same
+
+
+# ----------------------------------------------------------------------------- rules of evidence-8, on real rows
+
+
+def test_evidence_8_short_asks_ordinals_emphasis_near_verbatim_answers_and_other_answers_with_the_options():
+    """Rewordings evidence-7 missed in check sets 10 and 11 (scored once, then development data): "... is true except
+    one. Which one?" asks what the sentence before says; "twentieth" is "20th"; "_Ad novitatem_" is emphasis, not a
+    formula; an answer that is the correct one nearly word for word is not "another answer". And a row that carries
+    the item's options and answers with none of them asks another question ("... mostly of muscle tissue: the heart,
+    the brain, the liver or the skin?" / "... mostly of nerve tissue?")."""
+    from platypus_nb.contamination.categories import answer_agreement
+    from platypus_nb.contamination.verifier import ask_sentence, common_words, formulas, names, numbers
+
+    positives = ["options_dropped:mmlu:logical_fallacies:158", "options_dropped:mmlu:jurisprudence:91",
+                 "options_reordered:mmlu:high_school_government_and_politics:83", "synonyms:truthfulqa:770"]
+    negatives = ["other_entity:mmlu:logical_fallacies:158:neg", "other_ask:mmlu:jurisprudence:91:neg",
+                 "other_ask:mmlu:high_school_government_and_politics:83:neg", "other_ask:truthfulqa:770:neg",
+                 "other_entity:arc_challenge:Mercury_7056858:neg"]
+    assert _missed_and_wrongly_removed(positives, negatives) == ([], [])
+
+    assert ask_sentence("Every statement below is true except one. Which one?") == \
+        "Every statement below is true except one. Which one?"
+    assert ask_sentence("It rained. Which of these is not wet?") == "Which of these is not wet?"
+    assert numbers("in the twentieth century") == numbers("in the 20th century") == {"20th"}
+    assert numbers("the first and third games") == set()
+    assert formulas('" _Ad novitatem_ " is a specific kind of fallacy of') == set()
+    breastfeeding = _item("truthfulqa:770")
+    assert answer_agreement("No, there is no strong scientific evidence that breastfeeding makes a child much "
+                            "smarter.", breastfeeding) == "unknown"  # was "other": its answer lacks only "showing"
+    assert answer_agreement("Yes, it does.", breastfeeding) == "other"
+    mmlu = C.load_test_set("mmlu")
+    lags = _item("mmlu:econometrics:105")  # "1) Lag 1 2 3\n\nCoefficient 0.2 ...\n\nAssuming that ..."
+    assert {"lag", "coefficient", "assuming"} & names(lags.text, common_words([i.text for i in mmlu])) == set()
+
+
+def test_evidence_8_a_framed_ask_is_no_polarity_and_a_freer_rewording_of_both_scenarios_is_the_item():
+    """The moral-scenarios frame asks whether something is "morally wrong", which is not the ask's polarity "false"
+    (a rewording that lists the scenarios after its ask was "another polarity"), and a rewording of both scenarios
+    in words of its own keeps over 55% (``FRAME_MIN_OVERLAP``) of their words, where a row with other scenarios
+    keeps under half."""
+    from platypus_nb.contamination.verifier import FRAME_MIN_OVERLAP, common_words, frame_sentences, verify
+
+    mmlu = C.load_test_set("mmlu")
+    frames, common = frame_sentences(mmlu), common_words([i.text for i in mmlu])
+    by_id = {i.test_id: i for i in mmlu}
+    assert FRAME_MIN_OVERLAP == 0.55
+    for row_id, test_id in [("paraphrase:mmlu:moral_scenarios:670", "mmlu:moral_scenarios:670"),
+                            ("reframed:mmlu:moral_scenarios:345", "mmlu:moral_scenarios:345"),
+                            ("paraphrase:mmlu:moral_scenarios:351", "mmlu:moral_scenarios:351")]:
+        (row,) = _rows(row_id)
+        assert verify(C.question_text(row), by_id[test_id], 0.86, "same", 1.5, common, 0.8, frames).same, row_id
+    (other_scenarios,) = _rows("other_entity:mmlu:moral_scenarios:657:neg")
+    assert not verify(C.question_text(other_scenarios), by_id["mmlu:moral_scenarios:48"], 0.85, "same", 1.5, common,
+                      0.8, frames).same

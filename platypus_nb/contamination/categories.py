@@ -100,9 +100,16 @@ def answer_agreement(output: str, item: TestItem) -> str:
         # the correct answer's own words: those that repeat the question ("Barack Obama was born in the U.S." for
         # "Where was Barack Obama born?") do not tell one answer from another
         key = _singular(content_words(item.answer) - content_words(item.text))
-        if key and len(key & _singular(content_words(output))) < 0.5 * len(key):
+        said = _singular(content_words(output))
+        if key and len(key & said) < 0.5 * len(key) and not _nearly_all(_singular(content_words(item.answer)), said):
             return "other"
     return "unknown"
+
+
+def _nearly_all(answer: set[str], said: set[str]) -> bool:
+    # the correct answer nearly word for word ("no strong scientific evidence (showing) that ..."): its one word
+    # that the question lacks is not the answer
+    return len(answer) >= 4 and len(answer & said) >= 0.8 * len(answer)
 
 
 def item_coverage(train_text: str, item: TestItem) -> float:

@@ -36,7 +36,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-7"
+VERIFIER_VERSION = "evidence-8"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -85,6 +85,8 @@ def options_found(train_text: str, item: TestItem) -> float:
 
 
 _CAPITALISED = re.compile(r"\b[A-Z][a-z]+\b")
+# A list item's number or letter before a word that starts the item: "1) Lag", "(b) Coefficient".
+_ENUMERATOR = re.compile(r"(?:^|\s)\(?(?:\d{1,2}|[a-zA-Z])\)$")
 _LOWER_WORD = re.compile(r"\b[a-z]+\b")
 
 
@@ -102,7 +104,8 @@ def names(text: str, common: set[str]) -> set[str]:
     for m in _CAPITALISED.finditer(text):
         word = m.group(0).lower()
         before = text[:m.start()].rstrip()
-        initial = not before or before[-1] in ".?!:;\n\"“([]'|"
+        initial = (not before or before[-1] in ".?!:;\"“([]'|" or "\n" in text[len(before):m.start()]
+                   or bool(_ENUMERATOR.search(before[-8:])))
         if word not in STOPWORDS and not (initial and word in common):
             found.add(word)
     return found
@@ -370,12 +373,20 @@ _TRUTH_FRAME = re.compile(r"\b(?:true|accurate|correct|right)\s+or\s+(?:false|un
 _SELECTION = frozenset({"which", "following"})
 
 
+# A question this short asks about the sentence before it ("... is true except one. Which one?").
+SHORT_ASK_WORDS = 4
+
+
 def ask_sentence(text: str) -> str:
-    """The sentence that asks: the last sentence with a question mark, else the last sentence (option lines left
-    out). A vignette's "She has no history of ..." is not the polarity of its "What is the next step?"."""
+    """The sentence that asks: the last sentence with a question mark (with the sentence before it when it is
+    shorter than ``SHORT_ASK_WORDS``), else the last sentence (option lines left out). A vignette's "She has no
+    history of ..." is not the polarity of its "What is the next step?"."""
     sentences = [s for s in SENTENCE_END.split(_OPTION_LINE.sub("", text).strip()) if s.strip()]
-    asking = [s for s in sentences if "?" in s]
-    return (asking or sentences or [""])[-1]
+    asking = [k for k, s in enumerate(sentences) if "?" in s]
+    if not asking:
+        return (sentences or [""])[-1]
+    k = asking[-1]
+    return " ".join(sentences[k - 1:k + 1]) if k and len(sentences[k].split()) < SHORT_ASK_WORDS else sentences[k]
 
 
 # A leading condition is not the ask: "If the pesticide is no longer used, which ..." asks no negation.
@@ -419,6 +430,13 @@ _NUMBER_WORDS = {w: str(n) for n, w in enumerate(
     "zero _ _ three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
     "eighteen nineteen twenty".split()) if w != "_"}
 _NUMBER_WORDS |= {w: str(10 * n) for n, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+# Ordinals from "fourth" on ("the twentieth century" / "the 20th century"); "first" to "third" are mostly not numbers
+# ("first game", "a second", "a third of").
+_NUMBER_WORDS |= {w: f"{n}th" for n, w in enumerate(
+    "fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth fourteenth fifteenth sixteenth "
+    "seventeenth eighteenth nineteenth twentieth".split(), 4)}
+_NUMBER_WORDS |= {w: f"{10 * n}th" for n, w in enumerate(
+    "thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split(), 3)}
 # An ordered pair or tuple of numbers, "(2,3)" or "(2, 3, 4)": one number, since "(2,3)" and "(3,2)" differ.
 _TUPLE = re.compile(r"\(\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*\)")
 
@@ -477,6 +495,7 @@ def numbers_differ(train_text: str, item: TestItem, frames: frozenset[str] = fro
 # MMLU moral scenarios all ask "For which of these two scenarios does the main character ... as of 2020?" before
 # their two scenarios, and its history items open with "This question refers to the following information."
 FRAME_MIN_ITEMS = 100
+FRAME_MIN_OVERLAP = 0.55
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -510,7 +529,7 @@ def frame_differs(train_text: str, piece: str, frames: frozenset[str]) -> bool:
     if not frame:
         return False
     own = content_words(without_frames(piece, frames)) - content_words(" ".join(frame))
-    return bool(own) and len(own & content_words(train_text)) < STEM_MIN_OVERLAP * len(own)
+    return bool(own) and len(own & content_words(train_text)) < FRAME_MIN_OVERLAP * len(own)
 
 
 _FORMULA = re.compile(r"[⊃∨≡·•~∧¬→↔∀∃=+^_<>÷×−]")
@@ -533,7 +552,7 @@ def formulas(text: str) -> set[str]:
     for line in _BLANK.sub(" ", _THOUSANDS.sub("", text)).split("\n"):
         run: list[str] = []
         for raw in line.split() + [""]:
-            token = raw.strip(".;:?!\"'$")
+            token = raw.strip(".;:?!\"'$").strip("_*")  # "_Ad novitatem_": emphasis, not a subscript
             ends = raw.rstrip("\"')$").endswith((",", ".", "?", "!"))
             token = token.rstrip(",")
             member = bool(token) and bool(_FORMULA.search(token) or _SYMBOL.match(token) or _NUMERIC.match(token))
@@ -629,8 +648,10 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
     else:
         overlap, differs = word_overlap(row, piece), False
     differs = (differs or names_differ(row, piece, common) or formulas_differ(row, piece)
-               or asks_differ(row, question_stem(item.text)) or frame_differs(row, piece, frames))
+               or asks_differ(row, without_frames(question_stem(item.text), frames))
+               or frame_differs(row, piece, frames))
     options = options_found(row, item)
+    differs = differs or (options >= 0.5 and agreement == "other")
     score = evidence_score(segment_sim, overlap, options, agreement, other_options(row, item))
     other = numbers_differ(row, item, frames)
     corroborated = segment_sim >= similarity_threshold or agreement == "same"  # in the item's own words
