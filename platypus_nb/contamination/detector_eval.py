@@ -162,7 +162,8 @@ CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contami
                "check5": "contamination_detector_check5.jsonl", "check6": "contamination_detector_check6.jsonl",
                "check7": "contamination_detector_check7.jsonl",
                "check8": "contamination_detector_check8.jsonl", "check9": "contamination_detector_check9.jsonl",
-               "check10": "contamination_detector_check10.jsonl", "check11": "contamination_detector_check11.jsonl"}
+               "check10": "contamination_detector_check10.jsonl", "check11": "contamination_detector_check11.jsonl",
+               "check12": "contamination_detector_check12.jsonl"}
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
