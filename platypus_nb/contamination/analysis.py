@@ -89,7 +89,7 @@ def flag_pairs(rows: Sequence[dict[str, Any]], items: Sequence[TestItem], semant
     pairs["method"] = np.where(pairs["exact"], "exact", np.where(
         pairs["ngram_overlap"] > 0, "ngram", np.where(pairs["similarity"] >= cfg.threshold, "embedding", "segment")))
     pairs["segment_similarity"] = segment_similarity(pairs, pieces) if verifying else pairs["similarity"]
-    common = common_words([item.text for item in items]) if verifying else set()
+    common = common_words([item.text for item in items]) if verifying else frozenset()
     frames = frame_sentences(items) if verifying else frozenset()
     agreements = _agreements(rows, items, pairs, pieces if verifying else None)
     records = []

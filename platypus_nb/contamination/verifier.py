@@ -90,13 +90,18 @@ _ENUMERATOR = re.compile(r"(?:^|\s)\(?(?:\d{1,2}|[a-zA-Z])\)$")
 _LOWER_WORD = re.compile(r"\b[a-z]+\b")
 
 
-def common_words(texts: Sequence[str]) -> set[str]:
+def common_words(texts: Sequence[str]) -> frozenset[str]:
     """Words that occur in lower case somewhere in ``texts``: a capitalised one of them is a sentence's first
     word, not a name."""
-    return {w for t in texts for w in _LOWER_WORD.findall(t)}
+    return _common_words(tuple(texts))
 
 
-def names(text: str, common: set[str]) -> set[str]:
+@functools.lru_cache(maxsize=4)  # asked of the same test texts by every flag_pairs call
+def _common_words(texts: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(w for t in texts for w in _LOWER_WORD.findall(t))
+
+
+def names(text: str, common: frozenset[str]) -> set[str]:
     """Capitalised words inside a sentence, and sentence-initial ones that are not ``common`` words (places,
     people, organisations), lower-cased; all-caps words (emphasis such as "MOST") and stop words are not names.
     (``common`` alone would not do: HellaSwag writes many names in lower case.)"""
@@ -153,7 +158,7 @@ def _one_edit(a: str, b: str) -> bool:
     return longer[i + 1:] == shorter[i:]
 
 
-def names_differ(train_text: str, test_text: str, common: set[str]) -> bool:
+def names_differ(train_text: str, test_text: str, common: frozenset[str]) -> bool:
     """Whether a name of the test text is missing from the training text (the same question about another place
     or person: "What happens if you go to France?" against "... to Germany?"). A country's adjective or people
     (``_NATIONALITIES``: "Chinese" for "China"), the name with an adjective or plural ending (``_NAME_SUFFIXES``)
@@ -458,13 +463,14 @@ def _label_only(m: re.Match) -> str:
     return m.group(1) or m.group(2)
 
 
-def numbers(text: str) -> set[str]:
+@functools.lru_cache(maxsize=1 << 16)  # an item's text and options recur in the pairs of every row it meets
+def numbers(text: str) -> frozenset[str]:
     """The numbers of a text: its word tokens with a digit ("12", "2z", "h2o"; thousands separators dropped),
     spelled-out numbers as digits (``_NUMBER_WORDS``) and tuples of numbers without their spaces; a number that
     labels a part (``_LABEL_NUMBER``) is not one."""
     text = _LABEL_NUMBER.sub(_label_only, _THOUSANDS.sub("", text))
     found = {_NUMBER_WORDS.get(w, w) for w in words(text) if w in _NUMBER_WORDS or any(ch.isdigit() for ch in w)}
-    return found | {re.sub(r"\s+", "", m.group(0)) for m in _TUPLE.finditer(text)}
+    return frozenset(found | {re.sub(r"\s+", "", m.group(0)) for m in _TUPLE.finditer(text)})
 
 
 def other_numbers(train_text: str, item: TestItem) -> bool:
@@ -505,10 +511,15 @@ def _frame_key(sentence: str) -> str:  # cached: a pair's sentences recur in the
 
 def frame_sentences(items: Sequence[TestItem]) -> frozenset[str]:
     """The frames of the test sets (``FRAME_MIN_ITEMS``), as keys that ignore case, spacing and numbers."""
+    return _frames(tuple((item.test_set, item.text) for item in items))
+
+
+@functools.lru_cache(maxsize=4)  # step 02's detector evaluation asks it of the same 26k items a dozen times
+def _frames(sets_and_texts: tuple[tuple[str, str], ...]) -> frozenset[str]:
     count: dict[tuple[str, str], int] = {}
-    for item in items:
-        for key in {_frame_key(s) for s in SENTENCE_END.split(item.text) if s.strip()}:
-            count[item.test_set, key] = count.get((item.test_set, key), 0) + 1
+    for test_set, text in sets_and_texts:
+        for key in {_frame_key.__wrapped__(s) for s in SENTENCE_END.split(text) if s.strip()}:
+            count[test_set, key] = count.get((test_set, key), 0) + 1
     return frozenset(key for (_, key), n in count.items() if n >= FRAME_MIN_ITEMS)
 
 
@@ -620,7 +631,7 @@ class Verdict:
 
 
 def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, threshold: float,
-           common: set[str], similarity_threshold: float, frames: frozenset[str] = frozenset()) -> Verdict:
+           common: frozenset[str], similarity_threshold: float, frames: frozenset[str] = frozenset()) -> Verdict:
     """The verifier's verdict on one pair; instruction framing around the row's question is left out first.
 
     The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
