@@ -80,7 +80,7 @@ def answer_agreement(output: str, item: TestItem) -> str:
     """``"same"`` if the training output contains the correct answer, ``"different"`` if it contains a wrong
     option and not the correct one, ``"other"`` if it is a short answer (``SHORT_ANSWER_WORDS``) of a
     multiple-choice item that names none of its options and uses under half of the correct one's content words
-    that are not the question's, else ``"unknown"``
+    that are not the question's (and not nearly all of its content words), else ``"unknown"``
     (no answer known, an explanation that names no option, or no output).
 
     "other" is weaker evidence than "different": a synonymous answer ("skin" for "epidermis", the paper's gray area)

@@ -499,8 +499,11 @@ def numbers_differ(train_text: str, item: TestItem, frames: frozenset[str] = fro
 
 # A sentence that this many items of one test set share, numbers aside, is a frame of the set, not a question:
 # MMLU moral scenarios all ask "For which of these two scenarios does the main character ... as of 2020?" before
-# their two scenarios, and its history items open with "This question refers to the following information."
+# their two scenarios, its history items open with "This question refers to the following information.", and MATH
+# problems end "Express your answer as a common fraction."
 FRAME_MIN_ITEMS = 100
+# The share of a framed piece's own words a row must have: a rewording of both scenarios in words of its own keeps
+# more than half; a row with one or both scenarios changed keeps about half or less (chosen on the development sets).
 FRAME_MIN_OVERLAP = 0.55
 
 
@@ -533,7 +536,7 @@ def without_frames(text: str, frames: frozenset[str]) -> str:
 
 def frame_differs(train_text: str, piece: str, frames: frozenset[str]) -> bool:
     """Whether the row misses what is the item's own in a framed piece (:func:`compared_piece`): under
-    ``STEM_MIN_OVERLAP`` of the content words of the piece outside its frame (the two scenarios), the frame's own
+    ``FRAME_MIN_OVERLAP`` of the content words of the piece outside its frame (the two scenarios), the frame's own
     words left out. A row in the frame with other scenarios shares the frame's words, most of its embedding and, one
     time in four, its answer ("Wrong, Not wrong"), so neither the similarity nor the answer tells the two apart."""
     frame = [s for s in SENTENCE_END.split(piece) if _frame_key(s) in frames]
@@ -636,10 +639,12 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
 
     The question differs when a name or a formula of the compared piece (:func:`compared_piece`) is missing from
     the row, when the row's question and the item's stem differ in polarity (:func:`asks_differ`), when the piece is
-    framed by a sentence of ``frames`` and the row misses what is its own (:func:`frame_differs`), or, for a piece
-    that is a stem, when the row's own question (its last paragraph or its asking sentence) does not use that stem's
-    words (``STEM_MIN_OVERLAP``: another question on the same passage) and its answer is not the item's (a stem
-    asked in other words, with a summary of the passage, still has the item's answer). The same question needs a
+    framed by a sentence of ``frames`` and the row misses what is its own (:func:`frame_differs`), when the row
+    carries at least half of the item's options and its answer is none of them (another question, with some of the
+    same options), or, for a piece that is a stem, when the row's own question (its last paragraph or its asking
+    sentence) does not use that stem's words (``STEM_MIN_OVERLAP``: another question on the same passage) and its
+    answer is not the item's (a stem asked in other words, with a summary of the passage, still has the item's
+    answer). The same question needs a
     score at or above ``threshold``, no such difference and no other numbers; and a pair whose best similarity is
     below the embedding rule's ``similarity_threshold`` also needs the row to give the item's answer in its words
     (``agreement`` "same"): below it, the embedding says "same topic", and the words a short question shares with a
@@ -662,7 +667,7 @@ def verify(train_text: str, item: TestItem, segment_sim: float, agreement: str, 
                or asks_differ(row, without_frames(question_stem(item.text), frames))
                or frame_differs(row, piece, frames))
     options = options_found(row, item)
-    differs = differs or (options >= 0.5 and agreement == "other")
+    differs = differs or (options >= 0.5 and agreement == "other")  # a rewording with the options answers one
     score = evidence_score(segment_sim, overlap, options, agreement, other_options(row, item))
     other = numbers_differ(row, item, frames)
     corroborated = segment_sim >= similarity_threshold or agreement == "same"  # in the item's own words
