@@ -99,9 +99,10 @@ def answer_agreement(output: str, item: TestItem) -> str:
     if options and out and n_out <= max(SHORT_ANSWER_WORDS, longest):
         # the correct answer's own words: those that repeat the question ("Barack Obama was born in the U.S." for
         # "Where was Barack Obama born?") do not tell one answer from another
-        key = _singular(content_words(item.answer) - content_words(item.text))
+        answer = content_words(item.answer)
+        key = _singular(answer - content_words(item.text))
         said = _singular(content_words(output))
-        if key and len(key & said) < 0.5 * len(key) and not _nearly_all(_singular(content_words(item.answer)), said):
+        if key and len(key & said) < 0.5 * len(key) and not _nearly_all(_singular(answer), said):
             return "other"
     return "unknown"
 

@@ -12,10 +12,10 @@ terms; a same-topic question shares the topic's words but not the specifics), wh
 item's options or lists others, and whether its answer is the test item's answer (in its words, or in other words
 by the embedding of the answer against the options) or another one. ``verifier_score`` is a weighted sum of them.
 A pair is the same question when no name, formula, number or polarity of the ask differs, the row has what is the
-item's own outside a frame that many items share, and the row asks the stem
-of an item compared by its stem (or gives its answer), and either the score reaches ``verifier_threshold`` (below
-the embedding threshold only with the item's answer in its words), or the pair is at the embedding threshold with no
-other answer, or the row gives the item's answer near it in embedding and words (:func:`verify`). Models and a
+item's own outside a frame that many items share, and the row asks the stem of an item compared by its stem (or
+gives its answer), and either the score reaches ``verifier_threshold`` (below the embedding threshold only with the
+item's answer in its words), or the pair is at the embedding threshold with no other answer, or the row gives the
+item's answer near it in embedding and words (:func:`verify`). Models and a
 fitted rule were measured against it (benchmarks/README.md); docs/contamination.md says why this one is the default.
 """
 
@@ -456,9 +456,12 @@ _LABEL_NUMBER = re.compile(r"\b((?:scenario|statement|step|part|case|passage|fig
                            r"story|point)s?)\s+\d+\b|\b([A-Za-z]+)\s+\d+(?=\s*(?:\||:(?:\s|$)))", re.I)
 
 
+# "divided by 2: ...", "equals 3 | ...": after a function word or an operation the number is a quantity.
+_BEFORE_QUANTITY = STOPWORDS | {"plus", "minus", "times", "over", "equals"}
+
+
 def _label_only(m: re.Match) -> str:
-    # "divided by 2: ...", "equals 3 | ...": after a function word or an operation the number is a quantity
-    if m.group(2) and m.group(2).lower() in STOPWORDS | {"plus", "minus", "times", "over", "equals"}:
+    if m.group(2) and m.group(2).lower() in _BEFORE_QUANTITY:
         return m.group(0)
     return m.group(1) or m.group(2)
 
