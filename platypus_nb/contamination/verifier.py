@@ -558,7 +558,8 @@ _SYMBOL = re.compile(r"^[(\[~¬]*[A-Z][)\]]*$")
 _NUMERIC = re.compile(r"^[(\[]*-?\d+(?:\.\d+)?[)\]]*$")
 
 
-def formulas(text: str) -> set[str]:
+@functools.lru_cache(maxsize=1 << 16)  # a test item's piece recurs in the pairs of every row it meets
+def formulas(text: str) -> frozenset[str]:
     """The formulas of a text without their spaces: per line, each maximal run of tokens that have a logic or math
     operator (``_FORMULA``), are a propositional letter (``_SYMBOL``) or a number (thousands separators dropped),
     when the run has an operator and a letter or digit; a comma or a sentence's end ends a run ("over Q. 8x^3"
@@ -581,7 +582,7 @@ def formulas(text: str) -> set[str]:
                 if any(_FORMULA.search(t) for t in run) and re.search(r"\w", "".join(run)):
                     found.add("".join(run))
                 run = []
-    return found
+    return frozenset(found)
 
 
 # An expression of numbers and operators alone, and its numbers.
