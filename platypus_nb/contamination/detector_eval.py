@@ -164,7 +164,8 @@ CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contami
                "check8": "contamination_detector_check8.jsonl", "check9": "contamination_detector_check9.jsonl",
                "check10": "contamination_detector_check10.jsonl", "check11": "contamination_detector_check11.jsonl",
                "check12": "contamination_detector_check12.jsonl", "check13": "contamination_detector_check13.jsonl",
-               "check14": "contamination_detector_check14.jsonl"}
+               "check14": "contamination_detector_check14.jsonl", "check15": "contamination_detector_check15.jsonl",
+               "check16": "contamination_detector_check16.jsonl"}
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
