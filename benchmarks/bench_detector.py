@@ -16,9 +16,9 @@ and threshold were chosen; heldout: not looked at while choosing), per benchmark
 F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with SmolLM2-135M as a
 judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
 
-``--check`` also scores the fourteen hand-written check sets (data/README.md: 80 to 200 rows each, half rewordings,
+``--check`` also scores the sixteen hand-written check sets (data/README.md: 80 to 200 rows each, half rewordings,
 half same-topic questions; each was scored once out of sample and then used to choose rules, except ``check6`` to
-``check9`` and ``check12`` to ``check14``);
+``check9`` and ``check12`` to ``check16``; ``check13`` and ``check14`` helped choose ``evidence-9``);
 ``--pool-lexical K`` compares with the rows' own test items and each row's K nearest items by shared content words
 instead of all 26k (for a machine too busy to embed them; the result records the pool).
 

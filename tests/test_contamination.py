@@ -418,7 +418,7 @@ def test_outputs_hold_every_pair_and_the_rows_that_stay(planted, tmp_path):
     assert saved["removed_rows"] == len(planted["removed"]) == saved["train_rows"] - saved["clean_rows"]
     assert saved["test_sets"]["arc_challenge"]["pairs"]["duplicate"] >= 2
     assert saved["original_rule"]["removed_only_here"] >= 1
-    assert saved["verifier"] == {"kind": "evidence", "version": "evidence-8", "model": None, "threshold": 1.5,
+    assert saved["verifier"] == {"kind": "evidence", "version": "evidence-9", "model": None, "threshold": 1.5,
                                  "recall_top_k": 5, "recall_floor": 0.5}
     with open(paths["review_todo"], newline="") as f:
         todo = list(csv.DictReader(f))

@@ -186,7 +186,9 @@ def test_the_check_sets_are_apart_from_each_other_and_from_the_evaluation_set():
     from platypus_nb.contamination.detector_eval import CHECK_FILES, load_check_rows
 
     known = {i.test_id for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") for i in C.load_test_set(name)}
-    seen = {r["test_id"] for r in load_eval_rows()}
+    # the items the evaluation set was written for; the audit also names items some of its negatives turned out to
+    # ask (one of them, arc_challenge:ACTAAP_2007_7_36, has rows of its own in check15)
+    seen = {r["test_id"] for r in load_eval_rows(audited=False)}
     sizes = {"check": 80, "check2": 150, "check3": 116, "check4": 200, "check5": 120, "check6": 160, "check7": 120,
              "check8": 120, "check9": 120, "check10": 140, "check11": 140, "check12": 140,
              "check13": 140, "check14": 140, "check15": 140, "check16": 140}
@@ -618,3 +620,26 @@ def test_evidence_8_a_framed_ask_is_no_polarity_and_a_freer_rewording_of_both_sc
     (other_scenarios,) = _rows("other_entity:mmlu:moral_scenarios:657:neg")
     assert not verify(C.question_text(other_scenarios), by_id["mmlu:moral_scenarios:48"], 0.85, "same", 1.5, common,
                       0.8, frames).same
+
+
+def test_evidence_9_an_answer_after_its_option_letter_and_false_read_as_not():
+    """Rewordings evidence-8 missed in check sets 13 and 14 (scored once, then development data): an answer that opens
+    with the row's option letter ("D) get deeper and wider") is read without the letter, so its words can be matched
+    with the item's options; "untrue", "cannot truthfully" and "NOT true" select alike. The negatives on the same items
+    stay kept, and so does a row that flips "true" into "not true"."""
+    from platypus_nb.contamination.categories import lettered_answer
+    from platypus_nb.contamination.verifier import asks_differ, polarity
+
+    positives = ["paraphrase:arc_challenge:Mercury_SC_400059", "voice_changed:mmlu:astronomy:81",
+                 "voice_changed:mmlu:high_school_geography:131"]
+    negatives = ["other_ask:arc_challenge:Mercury_SC_400059:neg", "other_ask:mmlu:astronomy:81:neg",
+                 "other_entity:mmlu:high_school_geography:131:neg"]
+    assert _missed_and_wrongly_removed(positives, negatives) == ([], [])
+
+    row = "Why?\nA) stop flowing\nB) get deeper and wider"
+    assert lettered_answer("B) get deeper and wider", row) == "get deeper and wider"
+    assert lettered_answer("B", row) == "get deeper and wider"
+    assert lettered_answer("A bone.", row) == "A bone."  # an article, not a letter
+    assert lettered_answer("B) get deeper", "Why does a river deepen?") == "B) get deeper"  # no options of its own
+    assert polarity("Which statement about an atom is untrue?") == polarity("Which statement is NOT true?")
+    assert asks_differ("Which statement about the atom is true?", "Which statement about an atom is not true?")

@@ -60,14 +60,20 @@ SHORT_ANSWER_WORDS = 12
 _LETTER_ANSWER = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?([A-Ha-h])[.):]?\s*$", re.I)
 
 
+# An output that opens with an option's letter and goes on: "D) get deeper and wider", "C. Respiration adds ...".
+_LETTER_LABEL = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?[A-Ha-h][.)]\s+(?=\S)", re.I)
+
+
 def lettered_answer(output: str, train_text: str) -> str:
     """The option a bare-letter output picks among the row's own lettered option lines ("C" -> "The burning
-    magnesium gave off light."), else the output unchanged. A row that reorders the options answers with its own
+    magnesium gave off light."); an output that goes on after the letter without it ("D) get deeper and wider" ->
+    "get deeper and wider"); else the output unchanged. A row that reorders the options answers with its own
     letters, which mean nothing against the item's order."""
     letter = _LETTER_ANSWER.match(output)
-    if not letter:
-        return output
-    return dict(lettered_options(train_text)).get(letter.group(1).upper(), output)
+    if letter:
+        return dict(lettered_options(train_text)).get(letter.group(1).upper(), output)
+    label = _LETTER_LABEL.match(output)
+    return output[label.end():] if label and lettered_options(train_text) else output
 
 
 def _singular(stems: set[str]) -> set[str]:

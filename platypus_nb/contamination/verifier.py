@@ -36,7 +36,7 @@ from platypus_nb.contamination.testsets import TestItem
 from platypus_nb.embeddings import EmbeddingCache, embed_texts, iter_similarity_blocks
 
 # Names the rules and weights below; recorded in summary.json. Change it when they change.
-VERIFIER_VERSION = "evidence-8"
+VERIFIER_VERSION = "evidence-9"
 
 # Function words and exam boilerplate: shared by any two questions, evidence of nothing.
 STOPWORDS = frozenset("""
@@ -365,11 +365,11 @@ def other_options(train_text: str, item: TestItem) -> bool:
 # Words that turn a question into its opposite ("Which is a benefit" / "Which is NOT a benefit"), as lower-case word
 # tokens ("isn't" is "isn", "t"). A rewording keeps the ask's polarity; a synonym keeps its class ("never" and "at
 # no time" are both negations).
-_NEGATION = frozenset("not no never none cannot nor neither isn aren wasn weren doesn don didn won wouldn couldn "
-                      "shouldn hasn haven hadn nothing nobody".split())
+# "False" selects as "not" does: "Which statement is not true" / "... is untrue" / "... cannot truthfully be made".
+_NEGATION = frozenset("not no never none cannot unable nor neither isn aren wasn weren doesn don didn won wouldn "
+                      "couldn shouldn hasn haven hadn nothing nobody false untrue incorrect wrong".split())
 _POLARITY = {"negation": _NEGATION, "except": frozenset({"except", "excluding"}),
-             "least": frozenset({"least", "fewest", "lowest", "smallest", "minimum"}),
-             "false": frozenset({"false", "untrue", "incorrect", "wrong"})}
+             "least": frozenset({"least", "fewest", "lowest", "smallest", "minimum"})}
 
 
 # "True or false: ...", "right or wrong": a yes / no frame, not a polarity of the ask.
