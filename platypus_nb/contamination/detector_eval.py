@@ -155,8 +155,8 @@ def load_eval_rows(audited: bool = True) -> list[dict]:
 
 
 # The hand-written check sets, by the split name their rows carry (data/README.md): each was written for test items
-# none of the others and the evaluation set use. Each was scored once out of sample; sets 1-5, 10 and 11 then became
-# development data, used to choose the next rules (docs/contamination.md, "The detector evaluation set").
+# none of the others and the evaluation set use. Each was scored once out of sample; sets 1-5, 10, 11, 13 and 14
+# then became development data, used to choose the next rules (docs/contamination.md, "The detector evaluation set").
 CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contamination_detector_check2.jsonl",
                "check3": "contamination_detector_check3.jsonl", "check4": "contamination_detector_check4.jsonl",
                "check5": "contamination_detector_check5.jsonl", "check6": "contamination_detector_check6.jsonl",

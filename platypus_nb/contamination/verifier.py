@@ -412,8 +412,9 @@ def selection_ask(sentence: str) -> str:
 
 
 def polarity(text: str) -> frozenset[str]:
-    """The polarity classes (negation, except, least, false) of the text's asking sentence (:func:`ask_sentence`),
-    a leading condition and what a selection's colon introduces left out (:func:`selection_ask`)."""
+    """The polarity classes (negation, "false" among them; except; least) of the text's asking sentence
+    (:func:`ask_sentence`), a leading condition and what a selection's colon introduces left out
+    (:func:`selection_ask`)."""
     present = set(words(_TRUTH_FRAME.sub(" ", selection_ask(_LEADING_CLAUSE.sub("", ask_sentence(text))))))
     return frozenset(name for name, members in _POLARITY.items() if present & members)
 
