@@ -56,12 +56,12 @@ REVIEW_COLUMNS = ("train_hash", "test_id", "category", "reviewer", "note")
 SHORT_ANSWER_WORDS = 12
 
 
+# What may come before an answer's option letter: "Answer: ", "The answer is (".
+_BEFORE_LETTER = r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?"
 # A bare option letter for an answer: "C", "(c)", "C.", "Answer: C".
-_LETTER_ANSWER = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?([A-Ha-h])[.):]?\s*$", re.I)
-
-
+_LETTER_ANSWER = re.compile(_BEFORE_LETTER + r"([A-Ha-h])[.):]?\s*$", re.I)
 # An output that opens with an option's letter and goes on: "D) get deeper and wider", "C. Respiration adds ...".
-_LETTER_LABEL = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?\(?[A-Ha-h][.)]\s+(?=\S)", re.I)
+_LETTER_LABEL = re.compile(_BEFORE_LETTER + r"[A-Ha-h][.)]\s+(?=\S)", re.I)
 
 
 def lettered_answer(output: str, train_text: str) -> str:
