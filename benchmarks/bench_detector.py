@@ -12,13 +12,16 @@ The rows are scored as audited (``detector_eval.load_eval_rows``: 52 negatives a
 ask a test item's question count as positives of kind ``judged_same``) and, in ``scores_as_built``, as built.
 A positive counts as found only when a pair with its own test item removes it; a negative counts against a
 detector when it is removed at all. Precision, recall and F1 overall, per split (dev: where the verifier's weights
-and threshold were chosen; heldout: not looked at while choosing), per benchmark and per kind. ``--sweep`` prints
-F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with SmolLM2-135M as a
-judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
+and threshold were chosen; heldout: not looked at while choosing), per benchmark and per kind, with 95% intervals of
+F1 (bootstrap over the rows, seeded) and of the share of negatives removed (Wilson); and step 02 with the verifier
+against the other two detectors on the same rows, paired (exact McNemar on the rows each decides right).
+``--sweep`` prints F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with
+SmolLM2-135M as a judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
 
 ``--check`` also scores the sixteen hand-written check sets (data/README.md: 80 to 200 rows each, half rewordings,
 half same-topic questions; each was scored once out of sample and then used to choose rules, except ``check6`` to
-``check9`` and ``check12`` to ``check16``; ``check13`` and ``check14`` helped choose ``evidence-9``);
+``check9`` and ``check12`` to ``check16``; ``check13`` and ``check14`` helped choose ``evidence-9``), with the totals
+of the development sets and of the others (``detector_eval.DEVELOPMENT_CHECK_SETS``: the out-of-sample numbers);
 ``--pool-lexical K`` compares with the rows' own test items and each row's K nearest items by shared content words
 instead of all 26k (for a machine too busy to embed them; the result records the pool).
 
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     table = D.score_table(rows, detectors)
     t_eval = time.perf_counter() - t0
     built_table = D.score_table(D.load_eval_rows(audited=False), detectors)  # the same rows, labels as built
+    paired = [D.compare_detectors(rows, detectors, "step02_verifier", old) for old in ("paper", "step02_before")]
     # the verifier's own cost: flag_pairs with and without it on the same pairs, per pair verified
     texts = [C.question_text(r) for r in rows]
     semantic = C.semantic_pairs(pieces.train_whole, pieces.test_whole, cfg.threshold)
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> dict:
               "config": {k: getattr(cfg, k) for k in ("threshold", "recall_top_k", "recall_floor",
                                                        "verifier_threshold")},
               "scores": table.to_dict(orient="records"), "scores_as_built": built_table.to_dict(orient="records"),
+              "paired": paired,
               "timing": {"embed_pieces_s": round(t_embed, 2), "evaluate_s": round(t_eval, 2),
                          "flag_pairs_verifier_off_s": round(t_off, 3), "flag_pairs_verifier_on_s": round(t_on, 3),
                          "pairs_verified": verified,
@@ -146,8 +151,15 @@ def run(args: argparse.Namespace) -> dict:
         # the hand-written check sets, one group per set (split=check, check2, check3)
         check_pieces = C.embed_pieces([C.question_text(r) for r in check_rows], items, "all-MiniLM-L6-v2", 16, cache,
                                       show_progress=False)
-        check_table, _ = D.evaluate(check_rows, items, check_pieces, cfg, off)
-        result["check_scores"] = check_table.to_dict(orient="records")
+        check_detectors, _ = D.detector_removals(check_rows, items, check_pieces, cfg, off)
+        result["check_scores"] = D.score_table(check_rows, check_detectors).to_dict(orient="records")
+        out_of_sample = [i for i, r in enumerate(check_rows) if r["split"] not in D.DEVELOPMENT_CHECK_SETS]
+        remap = {old: new for new, old in enumerate(out_of_sample)}
+        kept = {name: {remap[i]: v for i, v in removed.items() if i in remap}
+                for name, removed in check_detectors.items()}
+        result["check_paired_out_of_sample"] = [
+            D.compare_detectors([check_rows[i] for i in out_of_sample], kept, "step02_verifier", old)
+            for old in ("paper", "step02_before")]
     if args.sweep:
         # step 02 itself at each threshold: the score is one of the verifier's three ways to "the same question"
         dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
@@ -186,10 +198,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(result: dict, key: str = "scores") -> str:
-    """The score table: one line per group, the three detectors side by side."""
+    """The score table: one line per group, the three detectors side by side, with the 95% intervals of step 02's F1
+    (bootstrap over the group's rows) and of its share of negatives removed (Wilson)."""
     table = pd.DataFrame.from_records(result[key])
     lines = ["| rows | positives / negatives | paper P / R / F1 | step 02 before P / R / F1 | "
-             "step 02 + verifier P / R / F1 | negatives removed: before / verifier |", "|---|---|---|---|---|---|"]
+             "step 02 + verifier P / R / F1 (95% CI of F1) | negatives removed: before / verifier (95% CI) |",
+             "|---|---|---|---|---|---|"]
     for group, g in table.groupby("group", sort=False):
         by = g.set_index("detector")
 
@@ -201,10 +215,20 @@ def markdown(result: dict, key: str = "scores") -> str:
             share = by.at[d, "negatives_removed"]
             return "–" if np.isnan(share) else f"{share:.1%}"
 
+        v = by.loc["step02_verifier"]
+        f1_ci = "" if np.isnan(v["f1_low"]) else f" ({v['f1_low']:.3f}-{v['f1_high']:.3f})"
+        removed_ci = ("" if np.isnan(v["negatives_removed_low"])
+                      else f" ({v['negatives_removed_low']:.1%}-{v['negatives_removed_high']:.1%})")
         lines.append(f"| {group} | {by.at['paper', 'positives']} / {by.at['paper', 'negatives']} | {prf('paper')} | "
-                     f"{prf('step02_before')} | {prf('step02_verifier')} | {negatives('step02_before')} / "
-                     f"{negatives('step02_verifier')} |")
+                     f"{prf('step02_before')} | {prf('step02_verifier')}{f1_ci} | {negatives('step02_before')} / "
+                     f"{negatives('step02_verifier')}{removed_ci} |")
     return "\n".join(lines)
+
+
+def paired_lines(comparisons: list[dict]) -> str:
+    return "\n".join(f"{c['new']} against {c['old']} on the same {c['rows']} rows: right only with {c['new']} "
+                     f"{c['new_only']}, only with {c['old']} {c['old_only']}, exact McNemar p = {c['p']:.2g}"
+                     for c in comparisons)
 
 
 if __name__ == "__main__":
@@ -222,7 +246,9 @@ if __name__ == "__main__":
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
+    print(paired_lines(result["paired"]))
     print("\nAs built (before the audit of the negatives):\n" + markdown(result, "scores_as_built"))
     if "check_scores" in result:
         print("\nHand-written check sets:\n" + markdown(result, "check_scores"))
+        print("Out of sample: " + paired_lines(result["check_paired_out_of_sample"]))
     print(json.dumps(result["timing"], indent=1))

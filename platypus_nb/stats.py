@@ -12,11 +12,16 @@ comparisons"):
 - for continuous per-item values (TruthfulQA MC2, per-token losses), the bootstrap's two-sided p-value: twice the
   share of resampled deltas on the far side of 0 (floored at one resample);
 - Holm's step-down adjustment over all the tests of one table, so "significant" holds for the family.
+
+A single proportion (the share of same-topic questions a contamination detector removes) gets a Wilson score
+interval, which unlike the normal approximation stays inside [0, 1] and keeps its coverage near 0 and 1, where a
+detector's error rates live.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +80,19 @@ def paired_bootstrap(d: Sequence[float], seed: int, level: float = CI_LEVEL,
     d = np.asarray(d, dtype=float)
     reps = bootstrap_deltas(d, seed, resamples)
     return (*_interval(reps, level), _p_value(reps, d))
+
+
+def wilson_interval(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n`` at ``level``; (nan, nan) when ``n`` is 0."""
+    if not 0 <= k <= n:
+        raise ValueError(f"Wilson interval: expected 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p, z2 = k / n, z * z / n
+    centre = (p + z2 / 2) / (1 + z2)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n)) / (1 + z2)
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
 
 
 def mcnemar_exact(new: Sequence[float], old: Sequence[float]) -> tuple[int, int, float]:

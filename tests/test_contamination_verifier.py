@@ -3,10 +3,13 @@ subset of the detector evaluation set (data/contamination_detector_eval.jsonl.gz
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from platypus_nb import contamination as C
 from platypus_nb.config import ConfigError, load_config
+from platypus_nb.contamination import detector_eval as D
 from platypus_nb.contamination.detector_eval import load_eval_rows, scores
 from platypus_nb.embeddings import EmbeddingCache
 
@@ -107,6 +110,40 @@ def test_without_the_verifier_the_rewordings_are_missed(pinned):
     missed = {rows[i]["id"] for i in range(len(PINNED_POSITIVES)) if rows[i]["test_id"] not in removed_with.get(i, ())}
     wrongly = {rows[i]["id"] for i in removed if rows[i]["label"] == 0}
     assert missed == set(MISSED_BEFORE) and wrongly == set(REMOVED_BEFORE), result
+
+
+def test_score_table_gives_intervals_and_the_check_sets_development_and_out_of_sample_totals():
+    rows = D.load_check_rows(["check", "check6"])  # a development set, then one only ever scored
+    exact = {i: {r["test_id"]} for i, r in enumerate(rows) if r["label"] == 1}  # every rewording, nothing else
+    everything = {i: {r["test_id"]} for i, r in enumerate(rows)}
+    table = D.score_table(rows, {"exact": exact, "everything": everything}, seed=3).set_index(["group", "detector"])
+    groups = list(dict.fromkeys(table.index.get_level_values("group")))
+    assert groups[:5] == ["all", "sets=development", "sets=out_of_sample", "split=check", "split=check6"]
+    assert table.loc[("sets=out_of_sample", "exact"), "positives"] == sum(r["split"] == "check6" for r in rows) / 2
+    perfect = table.loc[("all", "exact")]
+    assert (perfect["f1"], perfect["f1_low"], perfect["f1_high"]) == (1.0, 1.0, 1.0)
+    # none of 120 negatives removed: the interval still reaches past 0 (Wilson's upper bound for 0 / 120 is 3.1%)
+    assert perfect["negatives_removed"] == 0 and perfect["negatives_removed_high"] == pytest.approx(0.0310, abs=1e-4)
+    blunt = table.loc[("all", "everything")]
+    assert blunt["precision"] == 0.5 and blunt["f1_low"] < blunt["f1"] < blunt["f1_high"] < 1
+    assert blunt["negatives_removed"] == 1 and 0.96 < blunt["negatives_removed_low"] < 1
+    same = D.score_table(rows, {"everything": everything}, seed=3).set_index(["group", "detector"])
+    assert same.loc[("all", "everything"), "f1_low"] == blunt["f1_low"]  # seeded: the same interval again
+    negatives_only = table.loc[("kind=other_ask", "everything")]
+    assert negatives_only["positives"] == 0 and math.isnan(negatives_only["f1_low"])
+
+
+def test_compare_detectors_counts_the_rows_only_one_detector_decides_right():
+    rows = D.load_check_rows(["check"])
+    exact = {i: {r["test_id"]} for i, r in enumerate(rows) if r["label"] == 1}
+    everything = {i: {r["test_id"]} for i, r in enumerate(rows)}
+    result = D.compare_detectors(rows, {"exact": exact, "everything": everything}, "exact", "everything")
+    assert (result["rows"], result["new_only"], result["old_only"]) == (80, 40, 0)  # the 40 negatives kept
+    assert result["p"] == pytest.approx(2 * 0.5 ** 40)
+    # a positive removed against another item is not found: both detectors are then wrong on it, nothing differs
+    wrong_item = {i: {"mmlu:anatomy:0"} for i in exact}
+    assert D.compare_detectors(rows, {"a": wrong_item, "b": {}}, "a", "b") == {
+        "new": "a", "old": "b", "rows": 80, "new_only": 0, "old_only": 0, "p": 1.0}
 
 
 @pytest.mark.parametrize("overrides, message", [

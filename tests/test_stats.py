@@ -61,3 +61,21 @@ def test_one_bootstrap_gives_the_interval_and_p_value_of_the_two_separate_calls(
     for d in (rng.normal(0.1, 1.0, 40), np.zeros(12), np.ones(30) * 0.5):
         assert stats.paired_bootstrap(d, seed=5) == (*stats.paired_bootstrap_ci(d, seed=5),
                                                      stats.bootstrap_p_value(d, seed=5))
+
+
+def test_wilson_interval_matches_published_values_and_stays_in_the_unit_interval():
+    # each bound inverts the score test: (k/n - p)^2 = z^2 p (1 - p) / n, z = 1.959964 at 95%
+    z = 1.959964
+    for k, n in [(1, 10), (4, 348), (27, 470)]:
+        for p in stats.wilson_interval(k, n):
+            assert (k / n - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, rel=1e-5)
+    assert stats.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=5e-5))
+    assert stats.wilson_interval(1, 10) == (pytest.approx(0.0179, abs=5e-5), pytest.approx(0.4042, abs=5e-5))
+    low, high = stats.wilson_interval(9, 10)  # the mirror image of 1 / 10
+    assert (low, high) == (pytest.approx(1 - 0.4042, abs=5e-5), pytest.approx(1 - 0.0179, abs=5e-5))
+    assert stats.wilson_interval(10, 10)[1] == 1.0
+    narrow, wide = stats.wilson_interval(40, 400), stats.wilson_interval(4, 40)
+    assert wide[0] < narrow[0] < 0.1 < narrow[1] < wide[1]  # ten times the sample, a narrower interval
+    assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        stats.wilson_interval(5, 4)

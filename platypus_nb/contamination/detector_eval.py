@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from platypus_nb import stats
 from platypus_nb.assets import data_file
 from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import LEADERBOARD_TEST_SETS, ContaminationConfig
@@ -166,6 +167,11 @@ CHECK_FILES = {"check": "contamination_detector_check.jsonl", "check2": "contami
                "check12": "contamination_detector_check12.jsonl", "check13": "contamination_detector_check13.jsonl",
                "check14": "contamination_detector_check14.jsonl", "check15": "contamination_detector_check15.jsonl",
                "check16": "contamination_detector_check16.jsonl"}
+
+
+# The check sets used to choose rules after their one out-of-sample scoring (their errors were read); the others
+# have only ever been scored, so their totals are the detector's out-of-sample numbers.
+DEVELOPMENT_CHECK_SETS = ("check", "check2", "check3", "check4", "check5", "check10", "check11", "check13", "check14")
 
 
 def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
@@ -456,26 +462,69 @@ def lexical_pool(rows: Sequence[dict], items: Sequence[TestItem], k: int) -> lis
     return [it for it in items if it.test_id in keep]
 
 
-def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
-           ) -> dict[str, float]:
-    """Precision, recall and F1 of "removed" against ``label``; a positive counts as found only when removed by a
-    pair with its own test item (one of ``same_as``, where a row has it), if ``removed_with`` (row -> test ids of
-    its removing pairs) is given."""
-    tp = fp = fn = 0
+# Row outcomes of a detector: a positive found (TP) or missed (FN), a negative removed (FP) or kept (TN).
+TN, TP, FN, FP = range(4)
+# Resamples of the F1 interval: a percentile bootstrap over rows, seeded; 2,000 keep a 26-group table under a second.
+F1_RESAMPLES = 2_000
+
+
+def outcomes(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
+             ) -> np.ndarray:
+    """Each row's outcome (:data:`TP`, :data:`FN`, :data:`FP`, :data:`TN`). A positive counts as found only when
+    removed by a pair with its own test item (one of ``same_as``, where a row has it), if ``removed_with`` (row ->
+    test ids of its removing pairs) is given; a negative counts against the detector when it is removed at all."""
+    codes = np.empty(len(rows), dtype=np.int8)
     for i, r in enumerate(rows):
         own = set(r.get("same_as") or [r["test_id"]])
-        hit = i in removed and (removed_with is None or r["label"] == 0 or bool(own & removed_with.get(i, set())))
         if r["label"] == 1:
-            tp += hit
-            fn += not hit
+            hit = i in removed and (removed_with is None or bool(own & removed_with.get(i, set())))
+            codes[i] = TP if hit else FN
         else:
-            fp += i in removed
+            codes[i] = FP if i in removed else TN
+    return codes
+
+
+def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[int, set[str]]] = None
+           ) -> dict[str, float]:
+    """Precision, recall and F1 of "removed" against ``label``, and the share of negatives removed (see
+    :func:`outcomes` for what counts)."""
+    counts = np.bincount(outcomes(rows, removed, removed_with), minlength=4)
+    tp, fn, fp, tn = (int(counts[code]) for code in (TP, FN, FP, TN))
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    negatives = sum(r["label"] == 0 for r in rows)
-    return {"positives": tp + fn, "negatives": negatives, "tp": tp, "fp": fp, "fn": fn, "precision": precision,
-            "recall": recall, "f1": f1, "negatives_removed": fp / negatives if negatives else float("nan")}
+    return {"positives": tp + fn, "negatives": fp + tn, "tp": tp, "fp": fp, "fn": fn, "precision": precision,
+            "recall": recall, "f1": _f1(tp, fp, fn),
+            "negatives_removed": fp / (fp + tn) if fp + tn else float("nan")}
+
+
+def _f1(tp: Any, fp: Any, fn: Any) -> Any:
+    """2 tp / (2 tp + fp + fn), 0 where nothing is found (arrays or numbers)."""
+    tp = np.asarray(tp, dtype=float)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=tp > 0)
+    return float(f1) if f1.ndim == 0 else f1
+
+
+def f1_interval(codes: np.ndarray, seed: int = 0, level: float = stats.CI_LEVEL,
+                resamples: int = F1_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of F1 over rows (rows resampled with replacement, seeded); (nan, nan) without
+    positives, where F1 is not a measure of anything."""
+    if not np.isin(codes, (TP, FN)).any():
+        return float("nan"), float("nan")
+    drawn = codes[np.random.default_rng(seed).integers(0, len(codes), size=(resamples, len(codes)))]
+    reps = _f1((drawn == TP).sum(axis=1), (drawn == FP).sum(axis=1), (drawn == FN).sum(axis=1))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(reps, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compare_detectors(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]], new: str,
+                      old: str) -> dict[str, Any]:
+    """Two detectors on the same rows, paired: exact McNemar test on each row's being decided right (a positive
+    found, a negative kept). ``new_only`` / ``old_only``: rows only that detector decides right."""
+    right = {name: np.isin(outcomes(rows, set(detectors[name]), detectors[name]), (TP, TN)).astype(float)
+             for name in (new, old)}
+    b, c, p = stats.mcnemar_exact(right[new], right[old])
+    return {"new": new, "old": old, "rows": len(rows), "new_only": b, "old_only": c, "p": p}
 
 
 def removals(flagged: pd.DataFrame) -> dict[int, set[str]]:
@@ -498,11 +547,16 @@ def paper_removals(items: Sequence[TestItem], nearest: np.ndarray, nearest_sim: 
     return out
 
 
-def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]]) -> pd.DataFrame:
-    """Precision / recall / F1 and the share of negatives removed, per detector, over all rows, per split, per
-    benchmark and per kind (one row per group and detector)."""
+def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]], seed: int = 0) -> pd.DataFrame:
+    """Precision / recall / F1 and the share of negatives removed, per detector, over all rows, per split (and, for
+    the check sets, their development and out-of-sample sets), per benchmark and per kind (one row per group and
+    detector), with 95% intervals of F1 (bootstrap over the group's rows, :func:`f1_interval`) and of the share
+    removed (Wilson, over its negatives)."""
     groups: dict[str, Callable[[dict], bool]] = {"all": lambda r: True}
     splits = list(dict.fromkeys(r["split"] for r in rows))  # dev / heldout, or the check sets, in order
+    if set(splits) & set(DEVELOPMENT_CHECK_SETS) and set(splits) - set(DEVELOPMENT_CHECK_SETS):
+        groups |= {"sets=development": lambda r: r["split"] in DEVELOPMENT_CHECK_SETS,
+                   "sets=out_of_sample": lambda r: r["split"] not in DEVELOPMENT_CHECK_SETS}
     if len(splits) > 1:
         groups |= {f"split={s}": (lambda r, s=s: r["split"] == s) for s in splits}
     groups |= {f"benchmark={b}": (lambda r, b=b: r["benchmark"] == b) for b in sorted({r["benchmark"] for r in rows})}
@@ -513,10 +567,14 @@ def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]])
     for group, keep in groups.items():
         idx = [i for i, r in enumerate(rows) if keep(r)]
         remap = {old: new for new, old in enumerate(idx)}
+        mine_rows = [rows[i] for i in idx]
         for name, removed_with in detectors.items():
             mine = {remap[i]: v for i, v in removed_with.items() if i in remap}
-            records.append({"group": group, "detector": name,
-                            **scores([rows[i] for i in idx], set(mine), mine)})
+            score = scores(mine_rows, set(mine), mine)
+            f1_low, f1_high = f1_interval(outcomes(mine_rows, set(mine), mine), seed)
+            removed_low, removed_high = stats.wilson_interval(score["fp"], score["negatives"])
+            records.append({"group": group, "detector": name, **score, "f1_low": f1_low, "f1_high": f1_high,
+                            "negatives_removed_low": removed_low, "negatives_removed_high": removed_high})
     return pd.DataFrame.from_records(records)
 
 
@@ -547,19 +605,40 @@ def detector_removals(rows: Sequence[dict], items: Sequence[TestItem], pieces: P
     return detectors, flagged
 
 
+DETECTORS = ("paper", "step02_before", "step02_verifier")
+
+
 def evaluate_vendored(items: Sequence[TestItem], cfg: ContaminationConfig, model: str, batch_size: int,
-                      cache: Optional[EmbeddingCache] = None, rows: Optional[list[dict]] = None) -> pd.DataFrame:
-    """The vendored evaluation set (or ``rows``, e.g. :func:`load_check_rows`) through :func:`evaluate` against the
-    leaderboard items among ``items`` (all of them must be there, else rewordings would have nothing to match), as
-    one table: a row per group, columns (detector, measure)."""
+                      cache: Optional[EmbeddingCache] = None, rows: Optional[list[dict]] = None,
+                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The vendored evaluation set (or ``rows``, e.g. :func:`load_check_rows`) through the three detectors against
+    the leaderboard items among ``items`` (all of them must be there, else rewordings would have nothing to match).
+
+    Returns the score table (a row per group; per detector precision, recall, F1 and the share of negatives removed,
+    each of the last two with its 95% interval) and the paired comparison of step 02 with the verifier against the
+    other two detectors on the same rows (:func:`compare_detectors`)."""
     leaderboard = [it for it in items if it.test_set in LEADERBOARD_TEST_SETS]
     rows = load_eval_rows() if rows is None else rows
     pieces = embed_pieces([question_text(r) for r in rows], leaderboard, model, batch_size, cache,
                           show_progress=False)
-    table, _ = evaluate(rows, leaderboard, pieces, replace(cfg, review_file=None),
-                        replace(cfg, review_file=None, verifier="none"))
-    wide = table.pivot(index="group", columns="detector", values=["precision", "recall", "f1", "negatives_removed"])
-    wide = wide.swaplevel(axis=1)[["paper", "step02_before", "step02_verifier"]].reindex(table["group"].unique())
-    wide.insert(0, ("rows", "positives"), table.groupby("group")["positives"].first())
-    wide.insert(1, ("rows", "negatives"), table.groupby("group")["negatives"].first())
-    return wide
+    detectors, _ = detector_removals(rows, leaderboard, pieces, replace(cfg, review_file=None),
+                                     replace(cfg, review_file=None, verifier="none"))
+    table = score_table(rows, detectors, seed).set_index(["group", "detector"])
+    wide = pd.DataFrame(index=pd.Index(table.index.get_level_values("group").unique(), name="group"))
+    wide[("rows", "positives")] = table["positives"].groupby("group", sort=False).first()
+    wide[("rows", "negatives")] = table["negatives"].groupby("group", sort=False).first()
+    for name in DETECTORS:
+        t = table.xs(name, level="detector")
+        wide[(name, "precision")], wide[(name, "recall")], wide[(name, "f1")] = t["precision"], t["recall"], t["f1"]
+        wide[(name, "f1 95% CI")] = [_span(lo, hi, "{:.3f}") for lo, hi in zip(t["f1_low"], t["f1_high"])]
+        wide[(name, "negatives_removed")] = t["negatives_removed"]
+        wide[(name, "removed 95% CI")] = [_span(lo, hi, "{:.1%}") for lo, hi in
+                                          zip(t["negatives_removed_low"], t["negatives_removed_high"])]
+    wide.columns = pd.MultiIndex.from_tuples(wide.columns)
+    paired = pd.DataFrame([compare_detectors(rows, detectors, "step02_verifier", old)
+                           for old in ("paper", "step02_before")])
+    return wide, paired
+
+
+def _span(low: float, high: float, form: str) -> str:
+    return "–" if np.isnan(low) else f"{form.format(low)}–{form.format(high)}"
