@@ -485,6 +485,25 @@ def test_only_evaluation_split_rows_and_no_benchmark_match_still_draw_every_figu
         assert figure.axes
 
 
+def test_a_training_set_with_no_flagged_pair_removes_nothing_and_every_reader_copes():
+    """With nothing flagged, the decision columns were float64 (a list of no values), so flagged[flagged["removed"]]
+    selected columns instead of rows and the detector evaluation's removals raised KeyError."""
+    from platypus_nb.contamination import detector_eval, plots
+
+    cfg = paper_splits()
+    rows = [_row("Write a haiku about autumn leaves.", "Red leaves drift and fall.", "airoboros")]
+    items = C.load_test_items(["truthfulqa"], max_items=3)
+    texts = [C.question_text(r) for r in rows]
+    train_emb = embed_texts(texts, show_progress=False)
+    test_emb = embed_texts([i.text for i in items], show_progress=False)
+    flagged = C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),
+                           C.lexical_pairs(texts, [i.text for i in items]), train_emb, test_emb, cfg)
+    assert flagged.empty and flagged["removed"].dtype == bool and flagged["reviewed"].dtype == bool
+    assert detector_eval.removals(flagged) == {}
+    assert C.split_rows(rows, flagged) == (rows, [])
+    assert plots.flagged_heatmap(flagged).axes
+
+
 def test_a_truncated_cache_shard_is_named_removed_and_re_embedded(tmp_path):
     texts = [i.text for i in C.load_test_set("truthfulqa", max_items=6)]
     first = embed_texts(texts, cache=EmbeddingCache("all-MiniLM-L6-v2", root=tmp_path), show_progress=False)

@@ -168,10 +168,13 @@ def apply_decisions(flagged: pd.DataFrame, cfg: ContaminationConfig,
     """Final category (a review decision, else the suggestion) and whether the pair removes its row."""
     flagged = flagged.copy()
     reviewed = [review.get((h, t)) for h, t in zip(flagged["train_hash"], flagged["test_id"])]
-    flagged["reviewed"] = [c is not None for c in reviewed]
+    # bool dtypes also when nothing is flagged (a list of no values becomes float64), so flagged[flagged["removed"]]
+    # selects rows, not columns
+    flagged["reviewed"] = pd.Series([c is not None for c in reviewed], index=flagged.index, dtype=bool)
     flagged["category"] = [c or s for c, s in zip(reviewed, flagged["suggested_category"])]
     eval_split = flagged["benchmark"].isin([*cfg.eval_splits, "eval_split_source"])
-    flagged["removed"] = [is_removed(c, e, cfg) for c, e in zip(flagged["category"], eval_split)]
+    flagged["removed"] = pd.Series([is_removed(c, e, cfg) for c, e in zip(flagged["category"], eval_split)],
+                                   index=flagged.index, dtype=bool)
     order = flagged["category"].map(_SEVERITY)
     flagged = flagged.assign(_order=order).sort_values(["train_index", "_order", "similarity"],
                                                        ascending=[True, True, False])
