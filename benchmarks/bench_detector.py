@@ -22,10 +22,12 @@ SmolLM2-135M as a judge; ``--build`` rebuilds the set from the vendored data (th
 half same-topic questions; each was scored once out of sample and then used to choose rules, except ``check6`` to
 ``check9`` and ``check12`` to ``check16``; ``check13`` and ``check14`` helped choose ``evidence-9``), with the totals
 of the development sets and of the others (``detector_eval.DEVELOPMENT_CHECK_SETS``: the out-of-sample numbers);
-``--pool-lexical K`` compares with the rows' own test items and each row's K nearest items by shared content words
+``--translated`` scores the 32 translated test items (French, German, Spanish, Chinese; all positives) and
+reports how close MiniLM puts each to its own item; ``--pool-lexical K`` compares with the rows' own test items and each row's K nearest items by shared content words
 instead of all 26k (for a machine too busy to embed them; the result records the pool).
 
-    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--check] [--pool-lexical K] [--judge N]
+    .venv/bin/python benchmarks/bench_detector.py [--build] [--sweep] [--check] [--translated] [--pool-lexical K]
+        [--judge N]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from platypus_nb import contamination as C
-from platypus_nb.config import load_config
+from platypus_nb.config import ContaminationConfig, load_config
 from platypus_nb.contamination import detector_eval as D
 from platypus_nb.embeddings import EmbeddingCache
 from platypus_nb.io import write_jsonl
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         result["check_paired_out_of_sample"] = [
             D.compare_detectors([check_rows[i] for i in out_of_sample], kept, "step02_verifier", old)
             for old in ("paper", "step02_before")]
+    if args.translated:
+        result["translated"] = translated(items, cfg, off, cache)
     if args.sweep:
         # step 02 itself at each threshold: the score is one of the verifier's three ways to "the same question"
         dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
@@ -195,6 +199,30 @@ def run(args: argparse.Namespace) -> dict:
                                              "tp": tp, "fp": fp, "fn": fn}
         print("SmolLM2 judge:", result["smollm2_judge"], "evidence verifier:", result["evidence_on_judge_pairs"])
     return result
+
+
+def translated(items: list, cfg: ContaminationConfig, off: ContaminationConfig, cache: EmbeddingCache) -> dict:
+    """The translated test items: per language, the rows each detector finds with their own item, and how close the
+    English-only embedding puts a translation to its own item (cosine; whether that item is its nearest of all)."""
+    rows = D.load_translated_rows()
+    pieces = C.embed_pieces([C.question_text(r) for r in rows], items, "all-MiniLM-L6-v2", 16, cache,
+                            show_progress=False)
+    detectors, _ = D.detector_removals(rows, items, pieces, cfg, off)
+    index = {item.test_id: k for k, item in enumerate(items)}
+    sims = pieces.train_whole @ pieces.test_whole.T
+    own = np.array([sims[i, index[r["test_id"]]] for i, r in enumerate(rows)])
+    nearest = sims.argmax(axis=1) == np.array([index[r["test_id"]] for r in rows])
+    out = {}
+    for language in dict.fromkeys(r["language"] for r in rows):
+        mine = [i for i, r in enumerate(rows) if r["language"] == language]
+        out[language] = {"rows": len(mine),
+                         "found": {name: sum(rows[i]["test_id"] in removed.get(i, ()) for i in mine)
+                                   for name, removed in detectors.items()},
+                         "own_item_cosine_median": round(float(np.median(own[mine])), 3),
+                         "own_item_cosine_range": [round(float(own[mine].min()), 3), round(float(own[mine].max()), 3)],
+                         "own_item_nearest": int(nearest[mine].sum())}
+        print(f"translated, {language}: {out[language]}")
+    return out
 
 
 def markdown(result: dict, key: str = "scores") -> str:
@@ -241,6 +269,7 @@ if __name__ == "__main__":
                                                                         "row's K nearest items by shared content "
                                                                         "words only (default: every item)")
     parser.add_argument("--check", action="store_true", help="also score the hand-written check set")
+    parser.add_argument("--translated", action="store_true", help="also score the translated test items")
     parser.add_argument("--judge", type=int, default=0, help="also score N candidate pairs with SmolLM2 as a judge")
     result = run(parser.parse_args())
     RESULT.parent.mkdir(exist_ok=True)

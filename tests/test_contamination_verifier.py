@@ -239,6 +239,24 @@ def test_the_check_sets_are_apart_from_each_other_and_from_the_evaluation_set():
         seen |= ids
 
 
+def test_the_translated_items_are_apart_from_every_set_and_translate_their_own_item():
+    """Eight items of each leaderboard set, two per language, none used by another set; a row's answer is its own
+    item's answer translated, so a number answer survives translation unchanged."""
+    from collections import Counter
+
+    rows = D.load_translated_rows()
+    sets = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
+    items = {i.test_id: i for name in sets for i in C.load_test_set(name)}
+    used = {r["test_id"] for r in load_eval_rows(audited=False) + D.load_check_rows()}
+    assert len(rows) == 32 and all(r["label"] == 1 and r["kind"] == "translated" for r in rows)
+    assert not {r["test_id"] for r in rows} & used and {r["test_id"] for r in rows} <= set(items)
+    assert Counter(r["benchmark"] for r in rows) == dict.fromkeys(sets, 8)
+    assert Counter((r["benchmark"], r["language"]) for r in rows) == {
+        (b, lang): 2 for b in sets for lang in ("fr", "de", "es", "zh")}
+    sums = [r for r in rows if r["test_id"] == "mmlu:elementary_mathematics:309"]
+    assert sums[0]["output"] == items[sums[0]["test_id"]].answer == "505"
+
+
 def test_the_lexical_pool_holds_the_rows_items_and_their_nearest_by_shared_words():
     from platypus_nb.contamination.detector_eval import lexical_pool
 

@@ -179,6 +179,16 @@ def load_check_rows(names: Sequence[str] = tuple(CHECK_FILES)) -> list[dict]:
     return [row | {"split": name} for name in names for row in read_jsonl(data_file(CHECK_FILES[name]))]
 
 
+# Test items with their question and answer translated (French, German, Spanish, Chinese): all positives, to measure
+# what the English-only embedding sees of a translation (data/README.md).
+TRANSLATED_FILE = "contamination_detector_translated.jsonl"
+
+
+def load_translated_rows() -> list[dict]:
+    """The vendored translated test items (checksum-verified), each row's ``language`` its translation's."""
+    return read_jsonl(data_file(TRANSLATED_FILE))
+
+
 def split_of(row_id: str) -> str:
     """``dev`` or ``heldout``, half each, by the id's hash: stable whatever else changes in the set."""
     return "dev" if int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) % 2 == 0 else "heldout"
