@@ -90,6 +90,7 @@ def test_the_card_states_the_rates_and_quotes_examples(flagged):
     assert "| MATH/PRM-800K | 10 | 4 | 1 | 2 | 1 | 3 | 20.0% |" in card  # against MMLU mathematics
     assert "| MATH/PRM-800K | mmlu:high_school_mathematics:3 | 0.86 | row 0 | item mmlu:high_school_mathematics:3 |" \
         in card
+    assert card.index("## Limits") > card.index("### Examples") and "translated into another language" in card
 
 
 def test_source_counts_name_a_missing_source():

@@ -158,4 +158,9 @@ def dataset_card(summary: Mapping[str, Any], flagged: pd.DataFrame) -> str:
         for r in examples.head(CARD_EXAMPLES).itertuples():
             lines.append(f"| {r.data_source} | {r.test_id} | {r.segment_similarity:.2f} | {_cell(r.train_text)} | "
                          f"{_cell(r.test_text)} |")
+    lines += ["", "## Limits", "",
+              "Measured in platypus-nb's docs/contamination.md (\"Measured quality\"): on freely reworded questions "
+              "written apart from the rules the detector finds fewer rewordings, and removes more same-topic "
+              "questions, than on its evaluation set; test items translated into another language are not looked "
+              "for (the embedding model, all-MiniLM-L6-v2, is English-only)."]
     return "\n".join(lines) + "\n"
