@@ -465,20 +465,24 @@ def test_a_second_run_embeds_nothing_new(tmp_path, monkeypatch):
                     show_progress=False)
 
 
+def _flag_against_truthfulqa(rows: list[dict], cfg: ContaminationConfig) -> pd.DataFrame:
+    """Step 02's flagged pairs of ``rows`` against the first three TruthfulQA items (no verifier pieces)."""
+    items = C.load_test_items(["truthfulqa"], max_items=3)
+    texts = [C.question_text(r) for r in rows]
+    train_emb = embed_texts(texts, show_progress=False)
+    test_emb = embed_texts([i.text for i in items], show_progress=False)
+    return C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),
+                        C.lexical_pairs(texts, [i.text for i in items]), train_emb, test_emb, cfg)
+
+
 def test_only_evaluation_split_rows_and_no_benchmark_match_still_draw_every_figure():
     """A training set whose only flagged rows are evaluation-split rows (no pair with a benchmark) crashed the
     top-pairs table: assigning to the empty filtered frame made a row of NaN texts."""
     from platypus_nb.contamination import plots
 
     cfg = paper_splits()
-    rows = [_row("State Fermat's little theorem.", "a^p = a mod p", "theoremqa"),
-            _row("Name a colour of the sky.", "Blue.", "airoboros")]
-    items = C.load_test_items(["truthfulqa"], max_items=3)
-    texts = [C.question_text(r) for r in rows]
-    train_emb = embed_texts(texts, show_progress=False)
-    test_emb = embed_texts([i.text for i in items], show_progress=False)
-    flagged = C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),
-                           C.lexical_pairs(texts, [i.text for i in items]), train_emb, test_emb, cfg)
+    flagged = _flag_against_truthfulqa([_row("State Fermat's little theorem.", "a^p = a mod p", "theoremqa"),
+                                        _row("Name a colour of the sky.", "Blue.", "airoboros")], cfg)
     assert flagged["method"].tolist() == ["source"]
     assert plots.top_pairs(flagged, cfg.benchmarks).empty
     for figure in (plots.top_pairs_table(flagged, cfg.benchmarks), plots.flagged_heatmap(flagged)):
@@ -490,14 +494,8 @@ def test_a_training_set_with_no_flagged_pair_removes_nothing_and_every_reader_co
     selected columns instead of rows and the detector evaluation's removals raised KeyError."""
     from platypus_nb.contamination import detector_eval, plots
 
-    cfg = paper_splits()
     rows = [_row("Write a haiku about autumn leaves.", "Red leaves drift and fall.", "airoboros")]
-    items = C.load_test_items(["truthfulqa"], max_items=3)
-    texts = [C.question_text(r) for r in rows]
-    train_emb = embed_texts(texts, show_progress=False)
-    test_emb = embed_texts([i.text for i in items], show_progress=False)
-    flagged = C.flag_pairs(rows, items, C.semantic_pairs(train_emb, test_emb, cfg.threshold),
-                           C.lexical_pairs(texts, [i.text for i in items]), train_emb, test_emb, cfg)
+    flagged = _flag_against_truthfulqa(rows, paper_splits())
     assert flagged.empty and flagged["removed"].dtype == bool and flagged["reviewed"].dtype == bool
     assert detector_eval.removals(flagged) == {}
     assert C.split_rows(rows, flagged) == (rows, [])
