@@ -156,9 +156,7 @@ def run(args: argparse.Namespace) -> dict:
         check_detectors, _ = D.detector_removals(check_rows, items, check_pieces, cfg, off)
         result["check_scores"] = D.score_table(check_rows, check_detectors).to_dict(orient="records")
         out_of_sample = [i for i, r in enumerate(check_rows) if r["split"] not in D.DEVELOPMENT_CHECK_SETS]
-        remap = {old: new for new, old in enumerate(out_of_sample)}
-        kept = {name: {remap[i]: v for i, v in removed.items() if i in remap}
-                for name, removed in check_detectors.items()}
+        kept = {name: D.restrict(removed, out_of_sample) for name, removed in check_detectors.items()}
         result["check_paired_out_of_sample"] = [
             D.compare_detectors([check_rows[i] for i in out_of_sample], kept, "step02_verifier", old)
             for old in ("paper", "step02_before")]
@@ -167,14 +165,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.sweep:
         # step 02 itself at each threshold: the score is one of the verifier's three ways to "the same question"
         dev = [i for i, r in enumerate(rows) if r["split"] == "dev"]
-        remap = {old: new for new, old in enumerate(dev)}
         sweep = {}
         for theta in np.arange(0.9, 2.21, 0.05):
             at = load_config("tiny", {"contamination.review_file": None,
                                       "contamination.verifier_threshold": float(theta)}).contamination
             f = C.flag_pairs(rows, items, semantic, lexical, pieces.train_whole, pieces.test_whole, at,
                              pieces=pieces)
-            gone = {remap[i]: v for i, v in D.removals(f).items() if i in remap}
+            gone = D.restrict(D.removals(f), dev)
             sweep[f"{theta:.2f}"] = D.scores([rows[i] for i in dev], set(gone), gone)
             s = sweep[f"{theta:.2f}"]
             print(f"{theta:.2f} P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f} "

@@ -499,7 +499,11 @@ def scores(rows: Sequence[dict], removed: set[int], removed_with: Optional[dict[
            ) -> dict[str, float]:
     """Precision, recall and F1 of "removed" against ``label``, and the share of negatives removed (see
     :func:`outcomes` for what counts)."""
-    counts = np.bincount(outcomes(rows, removed, removed_with), minlength=4)
+    return _scores(outcomes(rows, removed, removed_with))
+
+
+def _scores(codes: np.ndarray) -> dict[str, float]:
+    counts = np.bincount(codes, minlength=4)
     tp, fn, fp, tn = (int(counts[code]) for code in (TP, FN, FP, TN))
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
@@ -536,6 +540,13 @@ def compare_detectors(rows: Sequence[dict], detectors: dict[str, dict[int, set[s
              for name in (new, old)}
     b, c, p = stats.mcnemar_exact(right[new], right[old])
     return {"new": new, "old": old, "rows": len(rows), "new_only": b, "old_only": c, "p": p}
+
+
+def restrict(removed_with: dict[int, set[str]], idx: Sequence[int]) -> dict[int, set[str]]:
+    """A detector's removals among the rows ``idx`` only, renumbered by their position in ``idx`` (to score a subset
+    of the rows)."""
+    position = {old: new for new, old in enumerate(idx)}
+    return {position[i]: v for i, v in removed_with.items() if i in position}
 
 
 def removals(flagged: pd.DataFrame) -> dict[int, set[str]]:
@@ -577,12 +588,12 @@ def score_table(rows: Sequence[dict], detectors: dict[str, dict[int, set[str]]],
     records = []
     for group, keep in groups.items():
         idx = [i for i, r in enumerate(rows) if keep(r)]
-        remap = {old: new for new, old in enumerate(idx)}
         mine_rows = [rows[i] for i in idx]
         for name, removed_with in detectors.items():
-            mine = {remap[i]: v for i, v in removed_with.items() if i in remap}
-            score = scores(mine_rows, set(mine), mine)
-            f1_low, f1_high = f1_interval(outcomes(mine_rows, set(mine), mine), seed)
+            mine = restrict(removed_with, idx)
+            codes = outcomes(mine_rows, set(mine), mine)
+            score = _scores(codes)
+            f1_low, f1_high = f1_interval(codes, seed)
             removed_low, removed_high = stats.wilson_interval(score["fp"], score["negatives"])
             records.append({"group": group, "detector": name, **score, "f1_low": f1_low, "f1_high": f1_high,
                             "negatives_removed_low": removed_low, "negatives_removed_high": removed_high})
