@@ -134,7 +134,7 @@ class ModelConfig:
 @_section
 class EmbeddingsConfig:
     model: Str = "all-MiniLM-L6-v2"  # the paper's, for dedup and contamination analysis
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = 64  # texts per batch at the model's full window, more of shorter ones
     block_size: PositiveInt = 1024  # query rows per block of similarity search: memory O(block_size x n)
     # "onnx": the same weights on ONNX Runtime, 1.4x per CPU-second here (benchmarks/README.md); not 2x, so opt-in.
     backend: Literal[EMBEDDING_BACKENDS] = "torch"

@@ -292,8 +292,9 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", batc
                 backend: Optional[str] = None) -> np.ndarray:
     """Unit-normalised float32 embeddings, one row per text, reusing cached vectors.
 
-    The backend is the cache's (``backend`` only chooses one when no cache is given, default torch). Returns an
-    array of shape ``(len(texts), dim)``; cosine similarity is then a dot product.
+    The backend is the cache's (``backend`` only chooses one when no cache is given, default torch); what is not
+    cached is embedded in batches of ``batch_size`` texts at the model's full window (:func:`encode_by_tokens`).
+    Returns an array of shape ``(len(texts), dim)``; cosine similarity is then a dot product.
     """
     if cache is not None and backend not in (None, cache.backend):
         raise ValueError(f"embed_texts: backend {backend!r} differs from the cache's {cache.backend!r} ({cache.dir})")
@@ -305,12 +306,50 @@ def embed_texts(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", batc
             todo[k] = t
     if todo:
         encoder = _load_encoder(embedding_model_path(model_name), cache.backend)
-        new = encoder.encode(list(todo.values()), batch_size=batch_size, convert_to_numpy=True,
-                             normalize_embeddings=True, show_progress_bar=show_progress)
-        cache.add(list(todo.keys()), np.asarray(new, dtype=np.float32))
+        cache.add(list(todo.keys()), encode_by_tokens(encoder, list(todo.values()), batch_size, show_progress))
     if not keys:
         return np.zeros((0, 0), dtype=np.float32)
     return np.stack([cache.get(k) for k in keys]).astype(np.float32, copy=False)
+
+
+def token_batches(lengths: Sequence[int], batch_size: int, window: int) -> list[np.ndarray]:
+    """Text indices, longest first by word pieces, cut into batches of at most ``batch_size x window`` word pieces
+    once padded to their longest (``batch_size`` texts at the full window, more when shorter; one text at least)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        n = max(1, batch_size * window // max(1, int(lengths[order[start]])))
+        batches.append(order[start:start + n])
+        start += n
+    return batches
+
+
+def encode_by_tokens(encoder, texts: Sequence[str], batch_size: int, show_progress: bool = False) -> np.ndarray:
+    """Unit-normalised vectors of ``texts`` from a sentence-transformers model (or :class:`OnnxEncoder`), fed to its
+    ``encode`` one batch at a time: longest first by word pieces, ``batch_size`` texts per batch at the model's full
+    window and more of shorter ones (:func:`token_batches`).
+
+    ``encode`` sorts a call's texts by characters, a poor proxy for word pieces on benchmark text (numbers, formulas,
+    names): in its batches of 16, a fifth of the positions step 02 computed for the test sets were padding. And a
+    fixed number of texts per batch is either many long ones, whose attention scores (texts x 12 heads x 256 x 256)
+    spill out of the CPU's caches, or few short ones, a forward pass each. Both cost time: on 2 CPU cores this
+    embeds the test sets 1.3x faster and short texts 1.5x (benchmarks/README.md, "Embedding backends"). A text's
+    vector is the one ``encode`` gives it, to float rounding (3e-7).
+    """
+    from tqdm.auto import tqdm
+
+    model = getattr(encoder, "model", encoder)  # OnnxEncoder keeps the sentence-transformers model for its tokenizer
+    ids = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]
+    out = np.zeros((len(texts), 0), dtype=np.float32)
+    batches = token_batches([len(x) for x in ids], batch_size, model.max_seq_length)
+    for n, idx in enumerate(tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress)):
+        vectors = encoder.encode([texts[i] for i in idx], batch_size=len(idx), convert_to_numpy=True,
+                                 normalize_embeddings=True, show_progress_bar=False)
+        if n == 0:
+            out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[idx] = vectors
+    return out
 
 
 def iter_similarity_blocks(queries: np.ndarray, corpus: np.ndarray,

@@ -1,9 +1,11 @@
-"""The ONNX Runtime embedding backend: same vectors as torch, its own cache, a clear error when not installed."""
+"""Embedding backends and batching: ONNX Runtime gives torch's vectors, with its own cache and a clear error when not
+installed; batches formed by word pieces give each text its own vector."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 
 import platypus_nb.embeddings as E
@@ -27,6 +29,47 @@ def test_onnx_vectors_match_torch_on_real_test_items(tmp_path):
     marker = model_marker(onnx_file.parent)
     assert marker["files"][E.ONNX_FILE] == sha256_file(onnx_file)
     assert marker["source_sha256"] == sha256_file(f"{embedding_model_path()}/model.safetensors")
+
+
+def test_batches_formed_by_word_pieces_give_each_text_the_vector_encode_gives_it():
+    # Digits and formulas split into many word pieces, so these texts' order by characters is not their order by
+    # word pieces; the passage is longer than the 256-piece window.
+    items = C.load_test_set("mmlu", max_items=8) + C.load_test_set("hellaswag", max_items=4)
+    texts = ([i.text for i in items] + ["3.14159 26535 89793 23846 26433 83279", "What is the capital of France?",
+             "a plain sentence of ordinary words that is longer in characters than the digits"]
+             + ["A long passage about the history of the region and its people. " * 40])
+    model = E._load_encoder(embedding_model_path())
+    batches: list[list[str]] = []
+
+    class Recording:
+        """The model, recording each batch it is given."""
+        def __init__(self) -> None:
+            self.model = model
+
+        def encode(self, batch, **kwargs):
+            batches.append(list(batch))
+            return model.encode(batch, **kwargs)
+
+    got = E.encode_by_tokens(Recording(), texts, batch_size=4)
+    alone = model.encode(texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)  # no padding at all
+    assert got.shape == (len(texts), 384)
+    assert np.abs(got - alone).max() < 1e-5
+    assert sorted(t for b in batches for t in b) == sorted(texts)
+    pieces = [[len(ids) for ids in model.tokenizer(b, truncation=True, max_length=model.max_seq_length)["input_ids"]]
+              for b in batches]
+    assert all(min(a) >= max(b) for a, b in zip(pieces, pieces[1:]))  # longest first, by word pieces
+    assert all(len(p) * max(p) <= 4 * 256 for p in pieces)  # at most 4 texts' worth of the full window, padded
+    assert len(batches[0]) == 4 and len(batches[-1]) > 4  # four at the full window, more of the short ones
+    by_chars = sorted(texts, key=len, reverse=True)
+    assert [t for b in batches for t in b] != by_chars  # the order encode would have used differs here
+
+
+def test_token_batches_fill_a_budget_of_word_pieces():
+    batches = E.token_batches([3, 256, 10, 256, 200, 10, 1], batch_size=2, window=256)
+    # at most 2 x 256 word pieces once padded to a batch's longest: 2 x 256, 2 x 200, then 3 x 10
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 2], [5, 0, 6]]
+    assert [b.tolist() for b in E.token_batches([700, 5], batch_size=1, window=256)] == [[0], [1]]  # one at least
+    assert E.token_batches([], batch_size=4, window=256) == []
 
 
 def test_cache_folder_differs_by_backend_and_torch_keeps_its_name(tmp_path):
