@@ -287,6 +287,31 @@ def test_hflm_cannot_load_a_4bit_model_itself(tiny_llama_dir):
              quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
 
 
+def test_lm_eval_collects_its_environment_report_once_per_scoring(tmp_path, tiny_llama_dir, monkeypatch):
+    """Two models scored inside ``environment_report_once``: torch's report is collected once, both results carry
+    it, and lm-eval's own function is back afterwards."""
+    import lm_eval.evaluator
+    import torch.utils.collect_env as collect_env
+
+    calls = []
+    real = collect_env.get_pretty_env_info
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: calls.append(1) or real())
+    original = lm_eval.evaluator.add_env_info
+    kept = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate",
+                        lambda *a, _real=lm_eval.simple_evaluate, **k: kept.append(_real(*a, **k)) or kept[-1])
+    ecfg = tiny_eval_config(tasks=["truthfulqa_mc2"])
+    plan = ev.prepare_tasks(ecfg, tmp_path / "tasks")
+    tasks = ev.load_tasks(plan)
+    with ev.environment_report_once():
+        for name in ("first", "second"):
+            ev.evaluate_model(ev.ModelToEvaluate(name, str(tiny_llama_dir), None, "base", None, ""), plan, tasks,
+                              ecfg, 42, tmp_path)
+    assert len(calls) == 1 and len(kept) == 2
+    assert kept[0]["pretty_env_info"] == kept[1]["pretty_env_info"] == real()
+    assert lm_eval.evaluator.add_env_info is original
+
+
 def test_every_model_sees_the_same_prompts(tmp_path, tiny_llama_dir):
     """Tasks are built once per run and re-seeded per call: the same weights under two names score identically."""
     ecfg = tiny_eval_config(tasks=["truthfulqa_mc2"])
