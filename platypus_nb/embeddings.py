@@ -334,8 +334,8 @@ def encode_by_tokens(encoder, texts: Sequence[str], batch_size: int, show_progre
     names): in its batches of 16, a fifth of the positions step 02 computed for the test sets were padding. And a
     fixed number of texts per batch is either many long ones, whose attention scores (texts x 12 heads x 256 x 256)
     spill out of the CPU's caches, or few short ones, a forward pass each. Both cost time: on 2 CPU cores this
-    embeds the test sets 1.3x faster and short texts 1.5x (benchmarks/README.md, "Embedding backends"). A text's
-    vector is the one ``encode`` gives it, to float rounding (3e-7).
+    embeds test texts and answer options 1.2x faster (benchmarks/README.md, "Embedding backends"). A text's vector
+    is the one ``encode`` gives it, to float rounding (2.5e-7), and step 02 decides the same.
     """
     from tqdm.auto import tqdm
 
