@@ -28,7 +28,7 @@ _IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: f"!{suffix} 
 
 
 def tiny_eval_config(**changes):
-    cfg = load_config("tiny", {"evaluate.limit": 2, "evaluate.mmlu_subjects": [SUBJECT]})
+    cfg = load_config("tiny", {"evaluate.limit": 2, "evaluate.task_limits": {}, "evaluate.mmlu_subjects": [SUBJECT]})
     return dataclasses.replace(cfg.evaluate, **changes) if changes else cfg.evaluate
 
 
