@@ -61,6 +61,17 @@ def _plain_name(name: str) -> str:
     return name
 
 
+def _all_linear(value: Any) -> Any:
+    # peft's own spelling of "every Linear layer" is a bare string; read it as a one-name list.
+    return [value] if value == "all-linear" else value
+
+
+def _all_linear_alone(names: list[str]) -> list[str]:
+    if "all-linear" in names and len(names) > 1:
+        raise ValueError("should be 'all-linear' alone or a list of module names, not both")
+    return names
+
+
 def _no_repeats(names: list[str]) -> list[str]:
     if repeated := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"should list each name once, repeated: {', '.join(repeated)}")
@@ -257,7 +268,10 @@ class FinetuneConfig:
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 16
     lora_dropout: Annotated[Number, Interval(ge=0, lt=1)] = 0.05
-    lora_target_modules: Annotated[list[Str], MinLen(1)] = field(
+    # Linear layers by name, or "all-linear": every one but the output layer (peft's, QLoRA's choice); the paper's is
+    # the MLP only.
+    lora_target_modules: Annotated[list[Str], MinLen(1), BeforeValidator(_all_linear),
+                                   AfterValidator(_all_linear_alone)] = field(
         default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     # "int8" is what finetune.py ran (LLM.int8 + fp16), "nf4" QLoRA; without CUDA, 16-bit dtypes run as fp32.
     precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "int8"

@@ -77,6 +77,17 @@ def test_dotted_overrides_from_strings_and_dicts():
     assert "overrides" in cfg.source
 
 
+def test_lora_targets_take_peft_all_linear_alone_as_a_string_or_a_list():
+    for value in ("all-linear", ["all-linear"]):
+        assert load_config("tiny", {"finetune.lora_target_modules": value}).finetune.lora_target_modules == [
+            "all-linear"]
+    with pytest.raises(ConfigError, match=r"finetune\.lora_target_modules: should be 'all-linear' alone or a list of "
+                                          r"module names, not both, got list \['all-linear', 'q_proj'\]"):
+        load_config("tiny", {"finetune.lora_target_modules": ["all-linear", "q_proj"]})
+    with pytest.raises(ConfigError, match=r"finetune\.lora_target_modules: should be a valid list, got str 'q_proj'"):
+        load_config("tiny", {"finetune.lora_target_modules": "q_proj"})
+
+
 def test_bad_override_is_named():
     with pytest.raises(ConfigError, match="unknown key 'finetune.nope'"):
         load_config("tiny", ["finetune.nope=1"])

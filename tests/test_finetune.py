@@ -257,6 +257,37 @@ def test_training_writes_the_adapter_metrics_and_args_and_learns(uninterrupted):
     assert list((out / "trainer" / "runs").rglob("events.out.tfevents.*"))  # report_to: tensorboard
 
 
+def test_all_linear_adapts_attention_and_mlp_not_the_output_and_merges_as_peft_does(math_rows, tiny_llama_dir,
+                                                                                   tmp_path):
+    """peft's "all-linear" (QLoRA's targets, the paper adapted the MLP only): the saved adapter names every Linear
+    layer but lm_head, and step 04's streamed merge of it equals peft's merge_and_unload."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from platypus_nb.merge.lora import merge_lora_into
+    from platypus_nb.merge.pipeline import adapter_summary
+
+    result = train_lora(math_rows, dataclasses.replace(RECIPE, lora_target_modules=["all-linear"]),
+                        str(tiny_llama_dir), tmp_path / "out", seed=0, max_steps=2)
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    # peft saves the expansion: every Linear layer by its full name, 7 per decoder layer, lm_head not among them.
+    targets = adapter_config["target_modules"]
+    assert len(targets) == 2 * 7 and {t.rsplit(".", 1)[1] for t in targets} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapter_summary(result.adapter_dir)["target_modules"] == (
+        "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")  # step 04's table and cards: the kinds
+    merge_lora_into(tiny_llama_dir, result.adapter_dir, tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, str(result.adapter_dir)).merge_and_unload().state_dict()
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    original = load_file(tiny_llama_dir / "model.safetensors")
+    for name, tensor in merged.items():
+        assert (tensor - expected[name]).abs().max().item() <= 1e-6, name
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           original["model.layers.0.self_attn.q_proj.weight"])
+
+
 def test_per_step_losses_equal_the_own_loop_the_trainer_replaced(uninterrupted, tiny_llama_dir):
     """The Trainer with the recipe's plug-ins optimises exactly what the package's own step loop did: the same
     per-step losses on the same rows and model, dropout included (recorded from that loop before it was removed)."""
@@ -276,16 +307,20 @@ def test_token_weighting_and_padded_batches_match_the_own_loop(variant, math_row
     assert _losses(result.metrics) == pytest.approx(reference["loss"], abs=1e-4)
 
 
-@pytest.mark.parametrize("precision", ["nf4", "int8"])
-def test_quantized_bases_train_on_cpu(precision, math_rows, tiny_llama_dir, tmp_path):
-    """QLoRA (4-bit NF4, double quantisation) and the original's LLM.int8 base, with the real bitsandbytes."""
-    cfg = dataclasses.replace(RECIPE, precision=precision, bnb_4bit_compute_dtype="bfloat16", save_steps=100)
+@pytest.mark.parametrize("precision, targets", [("nf4", ["all-linear"]), ("int8", RECIPE.lora_target_modules)])
+def test_quantized_bases_train_on_cpu(precision, targets, math_rows, tiny_llama_dir, tmp_path):
+    """QLoRA (4-bit NF4, double quantisation, every Linear layer as QLoRA adapted) and the original's LLM.int8 base
+    with the recipe's MLP targets, with the real bitsandbytes."""
+    cfg = dataclasses.replace(RECIPE, precision=precision, bnb_4bit_compute_dtype="bfloat16", save_steps=100,
+                              lora_target_modules=targets)
     result = train_lora(math_rows, cfg, str(tiny_llama_dir), tmp_path, seed=1, max_steps=2)
     args = json.loads((tmp_path / "train_args.json").read_text())
     assert args["effective_precision"]["quantization"] == precision
     assert args["effective_precision"]["compute_dtype"] == "float32"  # no CUDA: 16-bit compute runs as fp32
     assert result.metrics["steps"] == 2 and all(math.isfinite(x) for x in _losses(result.metrics))
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    saved = json.loads((result.adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    assert len({t.rsplit(".", 1)[-1] for t in saved}) == (7 if targets == ["all-linear"] else 3)
 
 
 def _checkpoint_is_intact(folder: Path) -> bool:

@@ -16,6 +16,7 @@ from platypus_nb.config import FinetuneConfig
 
 # Linear layers as transformers' models define them (GPT-2 style models use Conv1D), the layers LoRA adapts here.
 LINEAR_LAYERS = {"Linear", "Conv1D"}
+ALL_LINEAR = "all-linear"  # finetune.lora_target_modules: ["all-linear"]
 
 
 class ModelSetupError(ValueError):
@@ -51,9 +52,17 @@ def quantization_config(precision: dict[str, Any], cfg: FinetuneConfig, fsdp: bo
     return None
 
 
+def peft_target_modules(targets: list[str]) -> list[str] | str:
+    """``finetune.lora_target_modules`` as peft takes it: ``["all-linear"]`` is its string ``"all-linear"``, which
+    peft expands to every Linear layer but the output layer (and saves expanded in ``adapter_config.json``)."""
+    return ALL_LINEAR if list(targets) == [ALL_LINEAR] else list(targets)
+
+
 def check_target_modules(base_model: str, targets: list[str], trust_remote_code: bool = False) -> None:
     """Every LoRA target must name a Linear layer of the base (checked on an empty, meta-device model): peft
     matches a target against module names, so ``mlp`` would pick the whole MLP block, which LoRA cannot adapt."""
+    if peft_target_modules(targets) == ALL_LINEAR:
+        return
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -106,7 +115,7 @@ def load_lora_model(base_model: str, cfg: FinetuneConfig, precision: dict[str, A
         # the output layer to fp32. Gradient checkpointing is the Trainer's (TrainingArguments).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=peft_target_modules(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     set_seed(seed)  # the same LoRA initialisation in every process and on every resume
     return get_peft_model(model, lora)
 

@@ -115,6 +115,14 @@ def read_lora_adapter(adapter_dir: str | Path) -> LoraAdapter:
     return LoraAdapter(adapter_dir, config, updates)
 
 
+def target_kinds(target_modules: Any) -> list[str]:
+    """The kinds of layer an adapter targets (``down_proj``, ``q_proj``, ...), for tables and cards: peft saves
+    ``"all-linear"`` expanded to every layer by its full name, 210 names for a 30-layer model."""
+    if isinstance(target_modules, str):
+        return [target_modules]
+    return sorted({name.rsplit(".", 1)[-1] for name in target_modules})
+
+
 def adapter_files(adapter_dir: Path) -> list[str]:
     return [p.name for p in sorted(adapter_dir.iterdir())
             if p.name.startswith("adapter_") and p.suffix in (".json", ".safetensors", ".bin")]

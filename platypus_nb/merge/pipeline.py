@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from platypus_nb.config import Config
 from platypus_nb.contracts import MODELS_JSON
 from platypus_nb.io import atomic_write_json
-from platypus_nb.merge.adapter import read_lora_adapter
+from platypus_nb.merge.adapter import read_lora_adapter, target_kinds
 from platypus_nb.merge.combine import combine_adapters
 from platypus_nb.merge.lora import merge_lora_into
 from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, local_model_dir
@@ -24,7 +24,7 @@ def adapter_summary(adapter_dir: str | Path) -> dict[str, Any]:
     """What step 03 trained, as the merge sees it: targets, rank, alpha, scale, layers and parameters."""
     adapter = read_lora_adapter(adapter_dir)
     c = adapter.config
-    return {"adapter": str(adapter_dir), "target_modules": ", ".join(sorted(c.target_modules)),
+    return {"adapter": str(adapter_dir), "target_modules": ", ".join(target_kinds(c.target_modules)),
             "r": c.r, "lora_alpha": c.lora_alpha, "use_rslora": bool(c.use_rslora),
             "scaling": ", ".join(f"{s:g}" for s in sorted({u.scaling for u in adapter.updates.values()})),
             "layers_updated": len(adapter.updates),
@@ -97,7 +97,7 @@ def write_merged_card(cfg: Config, name: str, stands_in_for: str, report: dict[s
     provenance = {"merge": f"{report['method']}: the Platypus LoRA adapter merged into {into}",
                   "stands in for": stands_in_for or "-", "base model": base["name"],
                   "adapter": f"r={adapter['r']}, alpha={adapter['lora_alpha']}, targets "
-                             f"{', '.join(adapter['target_modules'])}",
+                             f"{', '.join(target_kinds(adapter['target_modules']))}",
                   "adapter sha256": ", ".join(f"{k}: {v[:12]}" for k, v in adapter["sha256"].items()),
                   "dtype": report["dtype"], "run": cfg.run.name, "seed": cfg.run.seed}
     card = build_card(model_name=name, summary=f"`{name}` is {into} with the Platypus adapter of run "
