@@ -432,6 +432,11 @@ def heldout_table(table: pd.DataFrame) -> pd.DataFrame:
                     for r in table.itertuples()]})
 
 
+# merge_claim's two checks, named for what they test: a lower loss that is not significant is no gain.
+GAINS = "gains Platypus's (Open-Platypus loss significantly lower)"
+KEEPS = "keeps the partner's (own-domain loss not significantly higher)"
+
+
 def merge_claim(table: pd.DataFrame) -> pd.DataFrame:
     """Per merge, the paper's claim in two checks against its partner: Open-Platypus held-out loss significantly
     lower (gains Platypus's skill), and loss on the partner's own domain not significantly higher (keeps the
@@ -445,9 +450,6 @@ def merge_claim(table: pd.DataFrame) -> pd.DataFrame:
         gains = by_domain.loc[OPEN_PLATYPUS] if OPEN_PLATYPUS in by_domain.index else None
         keeps = by_domain.loc[own] if own in by_domain.index else None
         out.append({"merge": merge, "partner": partner,
-                    "gains Platypus's (Open-Platypus loss lower)":
-                        None if gains is None else bool(gains["significant"] and gains["delta"] < 0),
-                    "keeps the partner's (own-domain loss not higher)":
-                        None if keeps is None else not bool(keeps["significant"] and keeps["delta"] > 0)})
-    return pd.DataFrame(out, columns=["merge", "partner", "gains Platypus's (Open-Platypus loss lower)",
-                                      "keeps the partner's (own-domain loss not higher)"])
+                    GAINS: None if gains is None else bool(gains["significant"] and gains["delta"] < 0),
+                    KEEPS: None if keeps is None else not bool(keeps["significant"] and keeps["delta"] > 0)})
+    return pd.DataFrame(out, columns=["merge", "partner", GAINS, KEEPS])

@@ -274,6 +274,7 @@ def test_heldout_comparisons_pair_rows_and_test_the_merge_claim():
     assert shown["verdict"].value_counts().to_dict() == {"significantly lower loss": 3, "no significant change": 3}
     claim = results.merge_claim(table.reset_index())
     assert claim.iloc[0].tolist() == ["partner-platypus", "partner", True, True]
+    assert all("significantly" in column for column in claim.columns[2:])  # a lower loss by chance is no gain
     # The same merge, 0.4 worse than its partner on the partner's own rows: the partner's skill was not kept.
     worse = heldout_rows({**LOSS_SHIFT, "partner-platypus": (-0.5, -0.1)})
     assert results.merge_claim(results.heldout_comparisons(worse, seed=42)).iloc[0].tolist()[2:] == [True, False]
