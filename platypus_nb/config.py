@@ -61,13 +61,16 @@ def _plain_name(name: str) -> str:
     return name
 
 
+ALL_LINEAR = "all-linear"  # peft's LoRA target for every Linear layer but the output one
+
+
 def _all_linear(value: Any) -> Any:
-    # peft's own spelling of "every Linear layer" is a bare string; read it as a one-name list.
-    return [value] if value == "all-linear" else value
+    # peft's own spelling is a bare string; read it as a one-name list.
+    return [value] if value == ALL_LINEAR else value
 
 
 def _all_linear_alone(names: list[str]) -> list[str]:
-    if "all-linear" in names and len(names) > 1:
+    if ALL_LINEAR in names and len(names) > 1:
         raise ValueError("should be 'all-linear' alone or a list of module names, not both")
     return names
 

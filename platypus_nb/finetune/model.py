@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from platypus_nb.config import FinetuneConfig
+from platypus_nb.config import ALL_LINEAR, FinetuneConfig
 
 # Linear layers as transformers' models define them (GPT-2 style models use Conv1D), the layers LoRA adapts here.
 LINEAR_LAYERS = {"Linear", "Conv1D"}
-ALL_LINEAR = "all-linear"  # finetune.lora_target_modules: ["all-linear"]
 
 
 class ModelSetupError(ValueError):
