@@ -71,7 +71,7 @@ def _all_linear(value: Any) -> Any:
 
 def _all_linear_alone(names: list[str]) -> list[str]:
     if ALL_LINEAR in names and len(names) > 1:
-        raise ValueError("should be 'all-linear' alone or a list of module names, not both")
+        raise ValueError(f"should be {ALL_LINEAR!r} alone or a list of module names, not both")
     return names
 
 
