@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_detector import best_threshold, counts, f1_of  # this folder, as the script runs
 from platypus_nb import contamination as C
 from platypus_nb.assets import embedding_model_path
 from platypus_nb.config import LEADERBOARD_TEST_SETS
@@ -64,16 +65,9 @@ def own_item_pairs(rows: list[dict], items: dict[str, C.TestItem], other_item_ne
 
 
 def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = scores >= threshold
-    tp, fp = int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum())
-    fn = int((~pred & (labels == 1)).sum())
+    tp, fp, fn = counts(scores >= threshold, labels)
     return {"threshold": float(threshold), "precision": tp / (tp + fp) if tp + fp else float("nan"),
-            "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "negatives_accepted": fp / int((labels == 0).sum())}
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    return max(sorted(set(scores.tolist())), key=lambda t: at_threshold(scores, labels, t)["f1"])
+            "recall": tp / (tp + fn), "f1": f1_of(tp, fp, fn), "negatives_accepted": fp / int((labels == 0).sum())}
 
 
 def run(max_length: int) -> dict:

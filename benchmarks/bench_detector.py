@@ -65,6 +65,21 @@ def build() -> None:
     plain.unlink()
 
 
+def counts(pred: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of boolean decisions against 0/1 labels."""
+    return (int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum()),
+            int((~pred & (labels == 1)).sum()))
+
+
+def f1_of(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The lowest score threshold (``score >= threshold`` decides "same") with the best F1 on these pairs."""
+    return max(sorted(set(scores.tolist())), key=lambda t: f1_of(*counts(scores >= t, labels)))
+
+
 # Few-shot examples for a base (not instruction-tuned) judge, which has no chat template to ask with.
 _JUDGE_SHOTS = (
     ("What is the capital of France?", "Which city is France's capital?", "Yes"),
@@ -119,14 +134,9 @@ def judge(pairs: list[tuple[str, str, int]], tok: Any, model: Any, chat: bool) -
         margins.append(float(logp[yes] - logp[no]))
     per_pair = (time.perf_counter() - t0) / max(1, len(pairs))
     labels, margins = np.array([p[2] for p in pairs]), np.array(margins)
-    best = {"f1": 0.0}
-    for theta in sorted(set(margins.tolist())):
-        pred = margins >= theta
-        tp, fp = int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum())
-        fn = int((~pred & (labels == 1)).sum())
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        if f1 > best["f1"]:
-            best = {"f1": round(f1, 3), "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
+    theta = best_threshold(margins, labels)
+    tp, fp, fn = counts(margins >= theta, labels)
+    best = {"f1": round(f1_of(tp, fp, fn), 3), "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
     return {"pairs": len(pairs), "positives": int(labels.sum()), "best": best,
             "flag_every_pair_f1": round(2 * labels.sum() / (labels.sum() + len(labels)), 3),
             "auc": round(float(roc_auc_score(labels, margins)), 3), "s_per_pair": round(per_pair, 3)}
@@ -226,11 +236,8 @@ def run(args: argparse.Namespace) -> dict:
                   for r, t in zip(pick["train_index"], pick["test_id"])]
         judged = list(zip(pick["train_text"], pick["test_text"], labels))
         result["judges"] = {name: judge(judged, *found) for name, found in judge_models().items()}
-        pred = pick["verifier_score"].to_numpy() >= cfg.verifier_threshold
-        lab = np.array(labels)
-        tp, fp, fn = int((pred & (lab == 1)).sum()), int((pred & (lab == 0)).sum()), int((~pred & (lab == 1)).sum())
-        result["evidence_on_judge_pairs"] = {"f1": round(2 * tp / (2 * tp + fp + fn), 3) if tp else 0.0,
-                                             "tp": tp, "fp": fp, "fn": fn}
+        tp, fp, fn = counts(pick["verifier_score"].to_numpy() >= cfg.verifier_threshold, np.array(labels))
+        result["evidence_on_judge_pairs"] = {"f1": round(f1_of(tp, fp, fn), 3), "tp": tp, "fp": fp, "fn": fn}
         print("judges:", result["judges"], "evidence verifier:", result["evidence_on_judge_pairs"])
     return result
 
