@@ -134,6 +134,25 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def model_folder(name_or_path: str, revision: Optional[str] = None) -> Path:
+    """The local folder of a model's files: the converted offline default, a folder, or a Hub snapshot of its
+    config, tokenizer and safetensors weights (PyTorch ``.bin`` weights too when the repository has no safetensors,
+    as several 2023 Llama-2 fine-tunes). What merging reads and what a fine-tune's fingerprint hashes."""
+    local = Path(resolve_model(name_or_path)).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    try:
+        folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns + ["*.bin"]))
+    except Exception as e:  # huggingface_hub raises several unrelated types for "not reachable / not found"
+        raise AssetError(_unreachable_message(name_or_path, e)) from e
+    return folder
+
+
 def load_model(name_or_path: str, *, dtype: Any = None, revision: Optional[str] = None,
                trust_remote_code: bool = False, **kwargs: Any):
     """Load a causal LM from safetensors only; a Hub failure names the offline default."""

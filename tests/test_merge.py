@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from platypus_nb.assets import AssetError
 from platypus_nb.config import ConfigError, load_config
 from platypus_nb.merge import (MergeInputError, combine_adapters, merge_lora_into, partner_training_rows,
                                read_lora_adapter)
@@ -321,8 +322,8 @@ def test_paper_partners_are_local_folders_or_hub_ids_and_an_unreachable_one_is_n
 
     local = fetch_partner(PartnerConfig(name="local-partner", model=str(tiny_llama_dir)), tmp_path)
     assert (local.source, local.model_dir, local.adapter_dir) == ("local", tiny_llama_dir, None)
-    with pytest.raises(MergeInputError, match=r"'no-such-org/no-such-model' is neither a local folder nor "
-                                              r"downloadable"):
+    with pytest.raises(AssetError, match=r"'no-such-org/no-such-model': it is neither a local folder nor "
+                                         r"reachable"):
         fetch_partner(PartnerConfig(name="hub-partner", model="no-such-org/no-such-model"), tmp_path)
 
 

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from platypus_nb.assets import resolve_model
+from platypus_nb.assets import model_folder
 from platypus_nb.config import FinetuneConfig
 from platypus_nb.io import atomic_write_json, file_sha256, sha256_file, sha256_text
 
@@ -34,12 +34,7 @@ _TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tok
 
 def run_fingerprint(rows: list[dict], cfg: FinetuneConfig, base_model: str, seed: int, n_steps: int) -> dict:
     """What a checkpoint must have been trained with to be resumed by this run."""
-    folder = Path(resolve_model(base_model)).expanduser()
-    if not folder.is_dir():  # a Hub name: the files the training process will load, from the Hub cache
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(base_model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                                    "*.jinja"]))
+    folder = model_folder(base_model)  # for a Hub name, the files the training process will load
     files = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
              if p.is_file() and p.suffix in (".json", ".safetensors", ".model", ".txt", ".jinja")}
     tokenizer = {n: h for n, h in files.items() if n.startswith(_TOKENIZER_FILES) or n.endswith(".model")}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from platypus_nb.assets import resolve_model
+from platypus_nb.assets import model_folder
 from platypus_nb.benchmarks_data import read_benchmark
 from platypus_nb.config import PARTNER_DATA_NAMES, FinetuneConfig, PartnerConfig
 from platypus_nb.contracts import question_text
@@ -149,28 +149,6 @@ class Partner:
                 "model_dir": str(self.model_dir)}
 
 
-def local_model_dir(name_or_path: str, revision: Optional[str] = None) -> Path:
-    """A local folder for a model name: the converted offline default, a folder, or a Hub snapshot.
-
-    Safetensors are preferred; a repository with only PyTorch ``.bin`` weights (several 2023 Llama-2 fine-tunes)
-    is fetched with them and converted by :func:`safetensors_copy_of_bin_model`.
-    """
-    local = Path(resolve_model(name_or_path)).expanduser()
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-    try:
-        folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns + ["*.bin"]))
-    except Exception as e:  # huggingface_hub raises several unrelated types for "not reachable / not found"
-        raise MergeInputError(f"model {name_or_path!r} is neither a local folder nor downloadable from the Hugging "
-                              f"Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    return folder
-
-
 def safetensors_copy_of_bin_model(model_dir: Path, out_dir: Path) -> Path:
     """Convert a PyTorch ``.bin`` checkpoint to safetensors one shard at a time (memory: one shard), atomically."""
     import torch
@@ -199,7 +177,7 @@ def safetensors_copy_of_bin_model(model_dir: Path, out_dir: Path) -> Path:
 
 def fetch_partner(spec: PartnerConfig, cache_root: Optional[Path] = None) -> Partner:
     """A partner given as a Hub id or local folder (the paper configs), as a safetensors folder."""
-    folder = local_model_dir(spec.model, spec.revision)
+    folder = model_folder(spec.model, spec.revision)
     source = "local" if Path(spec.model).expanduser().is_dir() else "hub"
     if not any(folder.glob("*.safetensors")):
         key = sha256_text(json.dumps([spec.model, spec.revision, sorted(p.name for p in folder.iterdir())]))[:16]
@@ -234,7 +212,7 @@ def build_partner(spec: PartnerConfig, base_model: str, finetune: FinetuneConfig
     """
     from platypus_nb.finetune import train_lora
 
-    base_dir = local_model_dir(base_model)
+    base_dir = model_folder(base_model)
     rows = partner_training_rows(spec, seed)
     recipe = dataclasses.replace(finetune, cutoff_len=spec.build_cutoff_len, max_steps=spec.build_steps,
                                  global_batch_size=spec.build_batch_size, micro_batch_size=spec.build_batch_size,

@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from platypus_nb.assets import model_folder
 from platypus_nb.config import Config
 from platypus_nb.contracts import MODELS_JSON
 from platypus_nb.io import atomic_write_json
 from platypus_nb.merge.adapter import read_lora_adapter, target_kinds
 from platypus_nb.merge.combine import combine_adapters
 from platypus_nb.merge.lora import merge_lora_into
-from platypus_nb.merge.partners import Partner, build_partner, fetch_partner, local_model_dir
+from platypus_nb.merge.partners import Partner, build_partner, fetch_partner
 from platypus_nb.model_card import base_model_card_fields, build_card, recipe_fields, write_card
 
 MERGE_REPORT = "merge_report.json"
@@ -32,7 +33,7 @@ def adapter_summary(adapter_dir: str | Path) -> dict[str, Any]:
 
 
 def base_model_dir(cfg: Config) -> Path:
-    return local_model_dir(cfg.model.base, cfg.model.revision)
+    return model_folder(cfg.model.base, cfg.model.revision)
 
 
 def merge_platypus(cfg: Config, adapter_dir: Path, out_dir: Path) -> dict[str, Any]:
