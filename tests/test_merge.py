@@ -322,8 +322,9 @@ def test_paper_partners_are_local_folders_or_hub_ids_and_an_unreachable_one_is_n
 
     local = fetch_partner(PartnerConfig(name="local-partner", model=str(tiny_llama_dir)), tmp_path)
     assert (local.source, local.model_dir, local.adapter_dir) == ("local", tiny_llama_dir, None)
-    with pytest.raises(AssetError, match=r"'no-such-org/no-such-model': it is neither a local folder nor "
-                                         r"reachable"):
+    with pytest.raises(AssetError, match=r"'no-such-org/no-such-model': it is neither a local folder nor reachable"
+                                         r".*Without the Hub, give merge.partners 'hub-partner' build_data in place "
+                                         r"of model"):
         fetch_partner(PartnerConfig(name="hub-partner", model="no-such-org/no-such-model"), tmp_path)
 
 

@@ -177,7 +177,8 @@ def safetensors_copy_of_bin_model(model_dir: Path, out_dir: Path) -> Path:
 
 def fetch_partner(spec: PartnerConfig, cache_root: Optional[Path] = None) -> Partner:
     """A partner given as a Hub id or local folder (the paper configs), as a safetensors folder."""
-    folder = model_folder(spec.model, spec.revision)
+    folder = model_folder(spec.model, spec.revision, offline=f"give merge.partners {spec.name!r} build_data in "
+                                                             f"place of model, to build a stand-in")
     source = "local" if Path(spec.model).expanduser().is_dir() else "hub"
     if not any(folder.glob("*.safetensors")):
         key = sha256_text(json.dumps([spec.model, spec.revision, sorted(p.name for p in folder.iterdir())]))[:16]
