@@ -39,6 +39,7 @@ from platypus_nb import contamination as C
 from platypus_nb.assets import embedding_model_path
 from platypus_nb.config import LEADERBOARD_TEST_SETS
 from platypus_nb.contamination import detector_eval as D
+from platypus_nb.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "cross_encoder.json"
@@ -140,7 +141,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-length", type=int, default=256, help="word pieces per pair (default 256)")
     result = run(parser.parse_args().max_length)
-    RESULT.parent.mkdir(exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(RESULT, json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
     print(json.dumps(result["timing"], indent=1))

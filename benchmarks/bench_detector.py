@@ -49,7 +49,7 @@ from platypus_nb import contamination as C
 from platypus_nb.config import ContaminationConfig, load_config
 from platypus_nb.contamination import detector_eval as D
 from platypus_nb.embeddings import EmbeddingCache
-from platypus_nb.io import write_jsonl
+from platypus_nb.io import atomic_write_text, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FILE = ROOT / "data" / "contamination_detector_eval.jsonl.gz"
@@ -138,7 +138,7 @@ def judge(pairs: list[tuple[str, str, int]], tok: Any, model: Any, chat: bool) -
     tp, fp, fn = counts(margins >= theta, labels)
     best = {"f1": round(f1_of(tp, fp, fn), 3), "threshold": theta, "tp": tp, "fp": fp, "fn": fn}
     return {"pairs": len(pairs), "positives": int(labels.sum()), "best": best,
-            "flag_every_pair_f1": round(2 * labels.sum() / (labels.sum() + len(labels)), 3),
+            "flag_every_pair_f1": round(f1_of(int(labels.sum()), int((labels == 0).sum()), 0), 3),
             "auc": round(float(roc_auc_score(labels, margins)), 3), "s_per_pair": round(per_pair, 3)}
 
 
@@ -314,8 +314,7 @@ if __name__ == "__main__":
     parser.add_argument("--judge", type=int, default=0,
                         help="also score N candidate pairs with language models as judges")
     result = run(parser.parse_args())
-    RESULT.parent.mkdir(exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(RESULT, json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
     print(paired_lines(result["paired"]))
     print("\nAs built (before the audit of the negatives):\n" + markdown(result, "scores_as_built"))

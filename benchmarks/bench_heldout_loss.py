@@ -138,5 +138,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, default=6, help="how many of the tiny run's models to score")
     result = run(parser.parse_args().models)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    from platypus_nb.io import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
     print(markdown(result))

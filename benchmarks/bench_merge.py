@@ -229,8 +229,9 @@ def main() -> None:
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version()},
               "imports_only_peak_rss_mib": floor["peak_rss_mib"], "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    from platypus_nb.io import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
     print(markdown_table(result))
 
 
